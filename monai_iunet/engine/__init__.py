@@ -1,0 +1,4 @@
+"""Memory-efficient backpropagation for invertible layers (no MONAI imports)."""
+
+from .accounting import SavedTensorBytes
+from .reversible import Concat, Program, Split, flatten_program, run_memory_efficient, run_program

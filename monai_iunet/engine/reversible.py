@@ -1,0 +1,147 @@
+"""Memory-efficient backpropagation through a chain of invertible layers (no activations kept).
+
+A network is described to the engine as a *program*: a flat list of invertible layers plus ``Split``/``Concat``
+markers for U-Net skips (a split pushes the skip channels on a stack, a concat pops them). ``run_memory_efficient``
+runs the program inside one ``torch.autograd.Function``:
+
+- forward runs under ``no_grad`` and saves only the program's output;
+- backward walks the program in reverse: each layer reconstructs its input from its output and backpropagates
+  through a local recomputation (``InvertibleModule.invert_and_backward``), so at most one layer's graph exists at
+  a time.
+
+Unlike memcnn, nothing is ever freed by hand (so the caller may reuse the input, modify it in place, or run forward
+without backward), and parameter gradients are *returned* by the Function rather than accumulated inside backward,
+so ``torch.autograd.grad``, gradient accumulation, hooks and DistributedDataParallel see ordinary autograd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NamedTuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..layers.base import InvertibleModule, InvertibleSequential, trainable_parameters
+
+__all__ = ["Split", "Concat", "Program", "flatten_program", "run_program", "run_memory_efficient"]
+
+
+class Split(NamedTuple):
+    """Move the first ``skip_channels`` channels to the skip stack; the rest continue."""
+
+    skip_channels: int
+
+
+class Concat(NamedTuple):
+    """Pop the most recent skip (``skip_channels`` channels) and put it back in front of the current tensor."""
+
+    skip_channels: int
+
+
+Program = list[Union[InvertibleModule, Split, Concat]]
+
+
+def flatten_program(program: Program) -> Program:
+    """Expand ``InvertibleSequential`` steps so that every recomputation in backward covers a single layer."""
+    flat: Program = []
+    for step in program:
+        if isinstance(step, InvertibleSequential):
+            flat.extend(flatten_program(list(step)))
+        else:
+            flat.append(step)
+    return flat
+
+
+def run_program(program: Program, x: Tensor) -> Tensor:
+    """Run a program forward with ordinary autograd semantics (whatever grad mode is active)."""
+    skips: list[Tensor] = []
+    for step in program:
+        if isinstance(step, Split):
+            skips.append(x[:, : step.skip_channels])
+            x = x[:, step.skip_channels :]
+        elif isinstance(step, Concat):
+            x = torch.cat([skips.pop(), x], dim=1)
+        else:
+            x = step(x)
+    if skips:
+        raise ValueError(f"program leaves {len(skips)} skip(s) unconsumed: every Split needs a matching Concat.")
+    return x
+
+
+def _invert_program(program: Program, y: Tensor, grad_y: Tensor) -> tuple[Tensor, dict[Tensor, Tensor]]:
+    """Walk the program backwards from its output: reconstruct inputs, return the input and parameter gradients."""
+    stack: list[tuple[Tensor, Tensor]] = []
+    param_grads: dict[Tensor, Tensor] = {}
+    for step in reversed(program):
+        if isinstance(step, Concat):
+            n = step.skip_channels
+            stack.append((y[:, :n], grad_y[:, :n]))
+            y, grad_y = y[:, n:], grad_y[:, n:]
+        elif isinstance(step, Split):
+            skip, grad_skip = stack.pop()
+            y, grad_y = torch.cat([skip, y], dim=1), torch.cat([grad_skip, grad_y], dim=1)
+        else:
+            y, grad_y, grads = step.invert_and_backward(y, grad_y)
+            for param, grad in grads.items():
+                if grad is not None:
+                    param_grads[param] = grad if param not in param_grads else param_grads[param] + grad
+    return grad_y, param_grads
+
+
+@contextmanager
+def _running_stats_frozen(program: Program) -> Iterator[None]:
+    """Recomputation must not update BatchNorm-style running statistics a second time (memcnn #12)."""
+    norms = [
+        m
+        for step in program
+        if isinstance(step, nn.Module)
+        for m in step.modules()
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.training and m.track_running_stats
+    ]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(norms, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
+
+
+class _MemoryEfficientFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, program: Program, params: list[Tensor], x: Tensor, *param_tensors: Tensor) -> Tensor:
+        ctx.program = program
+        ctx.params = params
+        ctx.device_type = x.device.type
+        ctx.autocast = (torch.is_autocast_enabled(x.device.type), torch.get_autocast_dtype(x.device.type))
+        y = run_program(program, x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y: Tensor):
+        (y,) = ctx.saved_tensors
+        enabled, dtype = ctx.autocast
+        with torch.autocast(ctx.device_type, dtype=dtype, enabled=enabled), _running_stats_frozen(ctx.program):
+            grad_x, param_grads = _invert_program(ctx.program, y, grad_y)
+        grads = [param_grads.get(p) for p in ctx.params]
+        return (None, None, grad_x if ctx.needs_input_grad[2] else None, *grads)
+
+
+def run_memory_efficient(program: Program, x: Tensor) -> Tensor:
+    """Run ``program`` on ``x`` keeping no activations for backward (only the output), see the module docstring.
+
+    Falls back to :func:`run_program` when no gradient is needed (``no_grad``, ``inference_mode``, nothing requires
+    grad), so evaluation pays nothing.
+    """
+    program = flatten_program(program)
+    # Unique: a parameter shared by two layers gets one (summed) gradient.
+    params = list(dict.fromkeys(p for step in program if isinstance(step, nn.Module) for p in trainable_parameters(step)))
+    if not torch.is_grad_enabled() or not (x.requires_grad or params):
+        return run_program(program, x)
+    return _MemoryEfficientFunction.apply(program, params, x, *params)

@@ -1,0 +1,6 @@
+"""Invertible building blocks (no MONAI imports): orthogonal resampling and mixing, couplings."""
+
+from .base import InvertibleIdentity, InvertibleModule, InvertibleSequential
+from .coupling import AdditiveCoupling, AffineCoupling
+from .orthogonal import ORTHOGONAL_METHODS, OrthogonalMatrix, haar_matrix, orthogonal_map, random_orthogonal
+from .resampling import InvertibleChannelMixing, OrthogonalDownsampling, OrthogonalUpsampling

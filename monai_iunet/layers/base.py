@@ -1,0 +1,70 @@
+"""The contract every invertible layer follows, and the small helpers they share."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["InvertibleModule", "InvertibleIdentity", "InvertibleSequential", "trainable_parameters"]
+
+
+def trainable_parameters(module: nn.Module) -> list[Tensor]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+class InvertibleModule(nn.Module):
+    """A module ``y = f(x)`` with an exact ``inverse(y) = x`` (same shape bookkeeping, no information lost).
+
+    Subclasses implement ``forward`` and ``inverse``. ``invert_and_backward`` is what the memory-efficient engine
+    (:mod:`monai_iunet.engine`) calls during backward: given the layer's output and the gradient w.r.t. it, return the
+    reconstructed input, the gradient w.r.t. the input and the gradients of the layer's trainable parameters. The
+    default inverts and then recomputes the forward locally; layers that can fuse both (additive coupling) override
+    it.
+    """
+
+    def inverse(self, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def invert_and_backward(self, y: Tensor, grad_y: Tensor) -> tuple[Tensor, Tensor, dict[Tensor, Tensor]]:
+        with torch.no_grad():
+            x = self.inverse(y)
+        x = x.detach().requires_grad_(True)
+        params = trainable_parameters(self)
+        with torch.enable_grad():
+            y_recomputed = self.forward(x)
+        grads = torch.autograd.grad(y_recomputed, [x, *params], grad_y, allow_unused=True)
+        return x.detach(), grads[0], dict(zip(params, grads[1:]))
+
+
+class InvertibleIdentity(InvertibleModule):
+    """Placeholder for an optional invertible layer that is switched off (keeps the network's structure static)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+    def inverse(self, y: Tensor) -> Tensor:
+        return y
+
+
+class InvertibleSequential(InvertibleModule):
+    """A chain of invertible modules; the engine walks its children one by one, so each recomputation is local."""
+
+    def __init__(self, *layers: InvertibleModule) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def inverse(self, y: Tensor) -> Tensor:
+        for layer in self.layers[::-1]:
+            y = layer.inverse(y)
+        return y
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)

@@ -1,0 +1,100 @@
+"""Coupling layers (Dinh et al.; Jacobsen et al. 2018): invertible for any sub-networks ``f`` and ``g``.
+
+The input's channels are split into ``x1`` (the first ``channels // 2``) and ``x2``. The sub-networks are built by
+the caller (see :func:`monai_iunet.networks.blocks.coupling_subnet`), so this module stays free of MONAI.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import InvertibleModule, trainable_parameters
+
+__all__ = ["AdditiveCoupling", "AffineCoupling"]
+
+
+class _Coupling(InvertibleModule):
+    def __init__(self, channels: int, f: nn.Module, g: nn.Module) -> None:
+        super().__init__()
+        if channels < 2:
+            raise ValueError(f"a coupling layer needs at least 2 channels, got channels={channels}.")
+        self.split = channels // 2
+        self.f = f
+        self.g = g
+
+
+class AdditiveCoupling(_Coupling):
+    """``y1 = x1 + f(x2)``, ``y2 = x2 + g(y1)``.
+
+    Args:
+        channels: number of channels C of input and output.
+        f: sub-network mapping ``C - C//2`` to ``C//2`` channels.
+        g: sub-network mapping ``C//2`` to ``C - C//2`` channels.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        x1, x2 = x[:, : self.split], x[:, self.split :]
+        y1 = x1 + self.f(x2)
+        y2 = x2 + self.g(y1)
+        return torch.cat([y1, y2], dim=1)
+
+    def inverse(self, y: Tensor) -> Tensor:
+        y1, y2 = y[:, : self.split], y[:, self.split :]
+        x2 = y2 - self.g(y1)
+        x1 = y1 - self.f(x2)
+        return torch.cat([x1, x2], dim=1)
+
+    def invert_and_backward(self, y: Tensor, grad_y: Tensor) -> tuple[Tensor, Tensor, dict[Tensor, Tensor]]:
+        # RevNet-style fusion: the activations needed to backpropagate through g and f are exactly the ones
+        # computed while inverting, so each sub-network runs forward once (with grad) instead of twice.
+        y1, y2 = y[:, : self.split].detach(), y[:, self.split :].detach()
+        grad_y1, grad_y2 = grad_y[:, : self.split], grad_y[:, self.split :]
+        g_params, f_params = trainable_parameters(self.g), trainable_parameters(self.f)
+        with torch.enable_grad():
+            y1.requires_grad_(True)
+            g_out = self.g(y1)
+        grads = torch.autograd.grad(g_out, [y1, *g_params], grad_y2.to(g_out.dtype), allow_unused=True)
+        grad_x1 = grad_y1 + grads[0] if grads[0] is not None else grad_y1
+        param_grads = dict(zip(g_params, grads[1:]))
+        x2 = (y2 - g_out.detach()).requires_grad_(True)
+        with torch.enable_grad():
+            f_out = self.f(x2)
+        grads = torch.autograd.grad(f_out, [x2, *f_params], grad_x1.to(f_out.dtype), allow_unused=True)
+        grad_x2 = grad_y2 + grads[0] if grads[0] is not None else grad_y2
+        param_grads.update(zip(f_params, grads[1:]))
+        x1 = y1.detach() - f_out.detach()
+        return torch.cat([x1, x2.detach()], dim=1), torch.cat([grad_x1, grad_x2], dim=1), param_grads
+
+
+class AffineCoupling(_Coupling):
+    """``y1 = x1·exp(s1) + t1`` with ``(s1, t1) = f(x2)``, then ``y2 = x2·exp(s2) + t2`` with ``(s2, t2) = g(y1)``.
+
+    The log-scales pass through ``tanh`` (scales within [1/e, e]) so that inversion stays well conditioned.
+
+    Args:
+        channels: number of channels C of input and output.
+        f: sub-network mapping ``C - C//2`` to ``2·(C//2)`` channels (log-scale, shift).
+        g: sub-network mapping ``C//2`` to ``2·(C - C//2)`` channels.
+    """
+
+    @staticmethod
+    def _scale_shift(params: Tensor) -> tuple[Tensor, Tensor]:
+        log_scale, shift = params.chunk(2, dim=1)
+        return torch.tanh(log_scale), shift
+
+    def forward(self, x: Tensor) -> Tensor:
+        x1, x2 = x[:, : self.split], x[:, self.split :]
+        log_scale, shift = self._scale_shift(self.f(x2))
+        y1 = x1 * torch.exp(log_scale) + shift
+        log_scale, shift = self._scale_shift(self.g(y1))
+        y2 = x2 * torch.exp(log_scale) + shift
+        return torch.cat([y1, y2], dim=1)
+
+    def inverse(self, y: Tensor) -> Tensor:
+        y1, y2 = y[:, : self.split], y[:, self.split :]
+        log_scale, shift = self._scale_shift(self.g(y1))
+        x2 = (y2 - shift) * torch.exp(-log_scale)
+        log_scale, shift = self._scale_shift(self.f(x2))
+        x1 = (y1 - shift) * torch.exp(-log_scale)
+        return torch.cat([x1, x2], dim=1)

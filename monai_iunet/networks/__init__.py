@@ -1,0 +1,5 @@
+"""Networks (MONAI at the edge): the invertible core and the MONAI-facing IUNet."""
+
+from .blocks import coupling_block, coupling_subnet
+from .invertible_unet import InvertibleUNet
+from .iunet import IUNet

@@ -1,0 +1,65 @@
+"""Coupling sub-networks built from MONAI factory specs (norm/act as in the rest of MONAI)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from monai.networks.layers.factories import Conv
+from monai.networks.layers.utils import get_act_layer, get_norm_layer
+
+from ..layers.base import InvertibleModule
+from ..layers.coupling import AdditiveCoupling, AffineCoupling
+
+__all__ = ["COUPLINGS", "coupling_subnet", "coupling_block"]
+
+COUPLINGS = {"additive": AdditiveCoupling, "affine": AffineCoupling}
+
+
+def coupling_subnet(
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    num_convs: int = 2,
+    kernel_size: int = 3,
+    norm: tuple | str = ("group", {"num_groups": 1}),
+    act: tuple | str = ("leakyrelu", {"negative_slope": 0.01}),
+    zero_init: bool = True,
+) -> nn.Sequential:
+    """``num_convs`` × (conv → norm → act), without the last act: the sub-network ``f`` or ``g`` of a coupling.
+
+    With ``zero_init`` the last layer with a weight (the final norm's affine weight, or the final conv when the
+    norm has no affine part) and its bias start at zero, so the sub-network outputs 0 and the coupling is the
+    identity at initialisation (paper §4: zero-initialised layer normalisation).
+    """
+    if num_convs < 1:
+        raise ValueError(f"num_convs must be at least 1, got {num_convs}.")
+    if kernel_size % 2 != 1:
+        raise ValueError(f"kernel_size must be odd (same-size convolution), got {kernel_size}.")
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for i in range(num_convs):
+        layers.append(Conv[Conv.CONV, spatial_dims](channels, out_channels, kernel_size, padding=kernel_size // 2))
+        layers.append(get_norm_layer(norm, spatial_dims, out_channels))
+        if i < num_convs - 1:
+            layers.append(get_act_layer(act))
+        channels = out_channels
+    subnet = nn.Sequential(*layers)
+    if zero_init:
+        last = [m for m in subnet if getattr(m, "weight", None) is not None][-1]
+        nn.init.zeros_(last.weight)
+        if getattr(last, "bias", None) is not None:
+            nn.init.zeros_(last.bias)
+    return subnet
+
+
+def coupling_block(spatial_dims: int, channels: int, coupling: str = "additive", **subnet_kwargs) -> InvertibleModule:
+    """An additive or affine coupling on ``channels`` channels with two :func:`coupling_subnet` sub-networks."""
+    if coupling not in COUPLINGS:
+        raise ValueError(f"coupling must be one of {tuple(COUPLINGS)}, got {coupling!r}.")
+    if channels < 2:
+        raise ValueError(f"a coupling layer needs at least 2 channels, got {channels}.")
+    c1, c2 = channels // 2, channels - channels // 2
+    factor = 2 if coupling == "affine" else 1  # affine sub-networks output a log-scale and a shift
+    f = coupling_subnet(spatial_dims, c2, factor * c1, **subnet_kwargs)
+    g = coupling_subnet(spatial_dims, c1, factor * c2, **subnet_kwargs)
+    return COUPLINGS[coupling](channels, f, g)

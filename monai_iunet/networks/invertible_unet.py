@@ -1,0 +1,250 @@
+"""The fully invertible U-Net core (paper §3, eq. 8–9)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from fractions import Fraction
+
+import torch
+from torch import Tensor, nn
+
+from ..engine.reversible import Concat, Program, Split, run_memory_efficient
+from ..layers.base import InvertibleIdentity, InvertibleModule, InvertibleSequential
+from ..layers.resampling import InvertibleChannelMixing, OrthogonalDownsampling, OrthogonalUpsampling, as_strides
+from .blocks import coupling_block
+
+__all__ = ["InvertibleUNet", "level_strides"]
+
+
+def _per_level(value, num_levels: int, name: str) -> list:
+    """A scalar (same for every level) or a sequence of ``num_levels`` values."""
+    if isinstance(value, (int, float)):
+        return [value] * num_levels
+    values = list(value)
+    if len(values) != num_levels:
+        raise ValueError(f"{name} must be a number or a sequence of {num_levels} values, got {value!r}.")
+    return values
+
+
+def level_strides(strides, spatial_dims: int, num_resamplings: int) -> list[tuple[int, ...]]:
+    """Per-level, per-axis strides from an int, a per-axis sequence of ints, or a per-level sequence.
+
+    A flat sequence of ints is read as per-axis (the same for every level); per-level strides are a sequence of
+    ``num_levels - 1`` entries, each an int or a per-axis sequence (e.g. ``[[2, 2, 1], 2, 2]``).
+    """
+    if isinstance(strides, int) or (isinstance(strides, Sequence) and all(isinstance(s, int) for s in strides)):
+        return [as_strides(strides, spatial_dims, "strides")] * num_resamplings
+    per_level = list(strides)
+    if len(per_level) != num_resamplings:
+        raise ValueError(
+            f"strides must be an int, {spatial_dims} per-axis ints, or {num_resamplings} per-level entries "
+            f"(num_levels - 1), got {strides!r}."
+        )
+    return [as_strides(s, spatial_dims, f"strides[{i}]") for i, s in enumerate(per_level)]
+
+
+class InvertibleUNet(InvertibleModule):
+    """Fully invertible U-Net: ``forward`` maps ``(B, C, *S)`` to ``(B, C, *S)`` and ``inverse`` undoes it exactly.
+
+    Level i applies ``blocks_per_level[i]`` coupling layers, mixes channels, splits off ``(1 - λ)·C_i`` channels as
+    the skip, and downsamples the remaining ``λ·C_i`` channels with a learnable orthogonal downsampling (σ_i = ∏
+    stride_i), giving ``C_{i+1} = λ·σ_i·C_i``. The decoder mirrors it: upsample, concatenate the skip, mix channels,
+    ``blocks_per_level[i]`` coupling layers. The bottom level has ``blocks_per_level[-1]`` coupling layers.
+
+    Args:
+        spatial_dims: 1, 2 or 3.
+        channels: number of channels C_0 of input and output.
+        num_levels: number of resolution levels (≥ 1).
+        blocks_per_level: coupling layers per level (int or a sequence of ``num_levels`` ints).
+        strides: downsampling strides: an int, a per-axis sequence of ints (same for all levels), or a per-level
+            sequence of ``num_levels - 1`` ints/per-axis sequences (e.g. ``[[2, 2, 1], 2]``).
+        split_fraction: λ, the fraction of channels downsampled at each level (float or per-level sequence).
+            Default ``min(2/σ, 1/2)``: channels double per level (1/2 in 2D and 1/4 in 3D at stride 2).
+        coupling: ``"additive"`` (default; fused memory-efficient backward) or ``"affine"``.
+        subnet_convs: convolutions in each coupling sub-network.
+        kernel_size: kernel size of those convolutions.
+        norm: MONAI norm spec for the sub-networks (default layer norm, ``("group", {"num_groups": 1})``).
+        act: MONAI activation spec for the sub-networks.
+        zero_init: zero-initialise the final norm of each sub-network, making the whole core the identity at init.
+        resampling_method: orthogonal parametrisation of the resampling, ``"exp"``, ``"cayley"``, ``"householder"``.
+        resampling_init: ``"haar"``, ``"pixel_shuffle"`` or ``"random"`` (each upsampling starts as the exact
+            inverse of its downsampling).
+        learnable_resampling: False freezes the resampling matrices.
+        channel_mixing: orthogonal 1×1 channel mixing before each split and after each concatenation.
+        mixing_method: orthogonal parametrisation of the channel mixing.
+        mixing_init: ``"identity"`` or ``"random"`` (each decoder mixing starts as the inverse of its encoder twin).
+        memory_efficient: during training keep no activations and reconstruct them by inversion in backward.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        channels: int,
+        num_levels: int,
+        blocks_per_level: int | Sequence[int] = 2,
+        strides: int | Sequence = 2,
+        split_fraction: float | Sequence[float] | None = None,
+        coupling: str = "additive",
+        subnet_convs: int = 2,
+        kernel_size: int = 3,
+        norm: tuple | str = ("group", {"num_groups": 1}),
+        act: tuple | str = ("leakyrelu", {"negative_slope": 0.01}),
+        zero_init: bool = True,
+        resampling_method: str = "exp",
+        resampling_init: str = "haar",
+        learnable_resampling: bool = True,
+        channel_mixing: bool = True,
+        mixing_method: str = "exp",
+        mixing_init: str = "identity",
+        memory_efficient: bool = True,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (1, 2, 3):
+            raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}.")
+        if num_levels < 1:
+            raise ValueError(f"num_levels must be at least 1, got {num_levels}.")
+        if channels < 2:
+            raise ValueError(f"channels must be at least 2 (coupling layers split channels), got {channels}.")
+        blocks = [int(b) for b in _per_level(blocks_per_level, num_levels, "blocks_per_level")]
+        if any(b < 0 for b in blocks):
+            raise ValueError(f"blocks_per_level must be non-negative, got {blocks_per_level!r}.")
+        strides_per_level = level_strides(strides, spatial_dims, num_levels - 1)
+        sigmas = [math.prod(s) for s in strides_per_level]
+        if any(s < 2 for s in sigmas):
+            raise ValueError(f"every level must downsample (prod(stride) >= 2), got strides {strides_per_level}.")
+        if split_fraction is None:
+            fractions = [min(Fraction(2, s), Fraction(1, 2)) for s in sigmas]
+        else:
+            fractions = [
+                Fraction(f).limit_denominator(10_000)
+                for f in _per_level(split_fraction, num_levels - 1, "split_fraction")
+            ]
+
+        level_channels, skip_channels = [channels], []
+        for i, (fraction, sigma) in enumerate(zip(fractions, sigmas)):
+            kept = fraction * level_channels[-1]
+            if not 0 < fraction < 1 or kept.denominator != 1:
+                raise ValueError(
+                    f"split_fraction {float(fraction)} at level {i} must lie in (0, 1) and split its "
+                    f"{level_channels[-1]} channels into whole parts; change channels or split_fraction."
+                )
+            skip_channels.append(level_channels[-1] - int(kept))
+            level_channels.append(int(kept) * sigma)
+        for i, (c, b) in enumerate(zip(level_channels, blocks)):
+            if b > 0 and c < 2:
+                raise ValueError(f"level {i} has {c} channel(s); its coupling layers need at least 2 (see channels).")
+
+        self.spatial_dims = spatial_dims
+        self.memory_efficient = memory_efficient
+        self.level_channels = level_channels
+        self.skip_channels = skip_channels
+        self.level_strides = [list(s) for s in strides_per_level]
+        self.total_stride = [math.prod(axis) for axis in zip(*strides_per_level)] or [1] * spatial_dims
+        subnet = dict(num_convs=subnet_convs, kernel_size=kernel_size, norm=norm, act=act, zero_init=zero_init)
+
+        def stage(level: int) -> InvertibleSequential:
+            return InvertibleSequential(
+                *(coupling_block(spatial_dims, level_channels[level], coupling, **subnet) for _ in range(blocks[level]))
+            )
+
+        def mixing(level: int, init) -> InvertibleModule:
+            if not channel_mixing:
+                return InvertibleIdentity()
+            return InvertibleChannelMixing(spatial_dims, level_channels[level], mixing_method, init)
+
+        self.encoder = nn.ModuleList([stage(i) for i in range(num_levels - 1)])
+        self.split_mixing = nn.ModuleList([mixing(i, mixing_init) for i in range(num_levels - 1)])
+        self.downsampling = nn.ModuleList(
+            [
+                OrthogonalDownsampling(
+                    spatial_dims, c - n, s, resampling_method, resampling_init, learnable_resampling
+                )
+                for c, n, s in zip(level_channels, skip_channels, strides_per_level)
+            ]
+        )
+        self.bottom = stage(num_levels - 1)
+        # Decoder lists are in execution order (deepest level first). Decoder layers start as the exact inverses of
+        # their encoder twins, so the core is the identity at init.
+        self.upsampling = nn.ModuleList(
+            [
+                OrthogonalUpsampling(
+                    spatial_dims, level_channels[i + 1], strides_per_level[i], resampling_method,
+                    self.downsampling[i].matrix().detach(), learnable_resampling,
+                )
+                for i in reversed(range(num_levels - 1))
+            ]
+        )
+        self.concat_mixing = nn.ModuleList(
+            [
+                mixing(i, self.split_mixing[i].matrix().detach()[0].mT if channel_mixing else None)
+                for i in reversed(range(num_levels - 1))
+            ]
+        )
+        self.decoder = nn.ModuleList([stage(i) for i in reversed(range(num_levels - 1))])
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != self.spatial_dims + 2:
+            raise ValueError(
+                f"InvertibleUNet expects a (batch, channels, {self.spatial_dims} spatial dims) tensor, "
+                f"got shape {list(x.shape)}."
+            )
+        if x.shape[1] != self.level_channels[0]:
+            raise ValueError(f"InvertibleUNet expects {self.level_channels[0]} channels, got {x.shape[1]}.")
+        for size, stride in zip(x.shape[2:], self.total_stride):
+            if size % stride != 0:
+                raise ValueError(
+                    f"InvertibleUNet: spatial size {list(x.shape[2:])} is not divisible by the total stride "
+                    f"{self.total_stride}; pad the input (IUNet does this with pad_input=True)."
+                )
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        if torch.jit.is_scripting():
+            return self._forward_plain(x)
+        return self._forward_eager(x)
+
+    def _forward_plain(self, x: Tensor) -> Tensor:
+        skips: list[Tensor] = []
+        for stage, mix, down in zip(self.encoder, self.split_mixing, self.downsampling):
+            x = mix(stage(x))
+            n = x.shape[1] - down.in_channels
+            skips.append(x[:, :n])
+            x = down(x[:, n:])
+        x = self.bottom(x)
+        for up, mix, stage in zip(self.upsampling, self.concat_mixing, self.decoder):
+            x = stage(mix(torch.cat([skips.pop(), up(x)], dim=1)))
+        return x
+
+    @torch.jit.unused
+    def _forward_eager(self, x: Tensor) -> Tensor:
+        if torch.is_autocast_enabled(x.device.type) and x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()  # the invertible state stays fp32 under autocast so that reconstruction is accurate
+        if self.memory_efficient and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            return run_memory_efficient(self.program(), x)
+        return self._forward_plain(x)
+
+    def program(self) -> Program:
+        """The core as a flat program of invertible layers and skip markers, for the memory-efficient engine."""
+        program: Program = []
+        for stage, mix, n, down in zip(self.encoder, self.split_mixing, self.skip_channels, self.downsampling):
+            program += [stage, mix, Split(n), down]
+        program.append(self.bottom)
+        for up, n, mix, stage in zip(self.upsampling, self.skip_channels[::-1], self.concat_mixing, self.decoder):
+            program += [up, Concat(n), mix, stage]
+        return program
+
+    @torch.jit.unused
+    def inverse(self, y: Tensor) -> Tensor:
+        """Reconstruct the input from the output (exact up to floating-point rounding)."""
+        self._check_input(y)
+        skips: list[Tensor] = []
+        decoder = zip(self.upsampling, self.skip_channels[::-1], self.concat_mixing, self.decoder)
+        for up, n, mix, stage in reversed(list(decoder)):
+            y = mix.inverse(stage.inverse(y))
+            skips.append(y[:, :n])
+            y = up.inverse(y[:, n:])
+        y = self.bottom.inverse(y)
+        for down, mix, stage in zip(self.downsampling[::-1], self.split_mixing[::-1], self.encoder[::-1]):
+            y = stage.inverse(mix.inverse(torch.cat([skips.pop(), down.inverse(y)], dim=1)))
+        return y

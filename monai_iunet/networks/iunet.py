@@ -1,0 +1,121 @@
+"""``IUNet``: the MONAI-facing segmentation/regression network around the invertible core."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from monai.networks.layers.factories import Conv
+
+from .invertible_unet import InvertibleUNet
+
+__all__ = ["IUNet"]
+
+
+class IUNet(nn.Module):
+    """Invertible U-Net of Etmann, Ke & Schönlieb (2020) with learnable orthogonal resampling.
+
+    A linear convolution lifts ``in_channels`` to ``channels``, the fully invertible core (:class:`InvertibleUNet`,
+    attribute ``core``) processes them, and a linear convolution projects to ``out_channels``. With
+    ``memory_efficient=True`` the core keeps no activations during training: backward reconstructs them by
+    inversion, so training memory does not grow with depth. The two linear convolutions keep only the network input
+    and the core output (paper §3.1).
+
+    Args:
+        spatial_dims: 1, 2 or 3.
+        in_channels: number of input channels (e.g. 4 MRI modalities).
+        out_channels: number of output channels (e.g. 3 BraTS regions).
+        channels: width C of the invertible core at full resolution (the paper's "channel blowup": 16/32/64).
+        num_levels: resolution levels of the core.
+        blocks_per_level: coupling layers per level and side (int or one per level).
+        strides: downsampling strides (int, per-axis, or per-level; see :class:`InvertibleUNet`).
+        lift_kernel_size: kernel size of the lifting convolution.
+        head_kernel_size: kernel size of the output convolution.
+        pad_input: pad spatial sizes that are not multiples of the total stride (output cropped back); if False such
+            inputs raise ``ValueError``.
+        memory_efficient: reconstruct activations in backward instead of storing them (training only).
+        core_kwargs: further :class:`InvertibleUNet` arguments (``split_fraction``, ``coupling``, ``norm``, ``act``,
+            ``resampling_method``, ``resampling_init``, ``channel_mixing``, ``zero_init``, …).
+
+    Example::
+
+        net = IUNet(spatial_dims=3, in_channels=4, out_channels=3, channels=16, num_levels=5, blocks_per_level=2)
+        logits = net(torch.randn(1, 4, 160, 192, 128))
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        channels: int = 16,
+        num_levels: int = 4,
+        blocks_per_level: int | Sequence[int] = 2,
+        strides: int | Sequence = 2,
+        lift_kernel_size: int = 3,
+        head_kernel_size: int = 1,
+        pad_input: bool = True,
+        memory_efficient: bool = True,
+        **core_kwargs,
+    ) -> None:
+        super().__init__()
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(f"in_channels and out_channels must be positive, got {in_channels} and {out_channels}.")
+        for name, k in (("lift_kernel_size", lift_kernel_size), ("head_kernel_size", head_kernel_size)):
+            if k < 1 or k % 2 != 1:
+                raise ValueError(f"{name} must be a positive odd int, got {k}.")
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.pad_input = pad_input
+        self.core = InvertibleUNet(
+            spatial_dims, channels, num_levels, blocks_per_level, strides, memory_efficient=memory_efficient,
+            **core_kwargs,
+        )
+        conv = Conv[Conv.CONV, spatial_dims]
+        self.lift = conv(in_channels, channels, lift_kernel_size, padding=lift_kernel_size // 2)
+        self.head = conv(channels, out_channels, head_kernel_size, padding=head_kernel_size // 2)
+
+    @property
+    def total_stride(self) -> list[int]:
+        """Per-axis factor that spatial sizes must be multiples of (else they are padded)."""
+        return self.core.total_stride
+
+    @property
+    def memory_efficient(self) -> bool:
+        return self.core.memory_efficient
+
+    @memory_efficient.setter
+    def memory_efficient(self, value: bool) -> None:
+        self.core.memory_efficient = value
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != self.spatial_dims + 2:
+            raise ValueError(
+                f"IUNet expects a (batch, channels, {self.spatial_dims} spatial dims) tensor, got shape {list(x.shape)}."
+            )
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"IUNet expected in_channels={self.in_channels} input channels, got {x.shape[1]}.")
+        spatial = x.shape[2:]
+        pad: list[int] = []
+        for size, stride in zip(spatial, self.core.total_stride):
+            pad = [0, (stride - size % stride) % stride] + pad  # F.pad lists the last axis first
+        if sum(pad) > 0:
+            if not self.pad_input:
+                raise ValueError(
+                    f"IUNet: spatial size {list(spatial)} is not a multiple of the total stride "
+                    f"{self.core.total_stride} and pad_input=False; crop/pad the input or set pad_input=True."
+                )
+            x = F.pad(x, pad)
+        y = self.head(self.core(self.lift(x)))
+        if sum(pad) > 0:
+            y = self._crop(y, spatial)
+        return y
+
+    def _crop(self, y: Tensor, spatial: list[int]) -> Tensor:
+        for axis, size in enumerate(spatial):
+            y = y.narrow(axis + 2, 0, size)
+        return y

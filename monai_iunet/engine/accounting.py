@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = ["SavedTensorBytes"]
 
@@ -11,7 +11,8 @@ __all__ = ["SavedTensorBytes"]
 class SavedTensorBytes(torch.autograd.graph.saved_tensors_hooks):
     """Context manager: ``bytes`` = size of the distinct storages saved for backward while it is active.
 
-    Parameters (and anything else saved that already existed) count too; storages saved twice count once.
+    Parameters are model state, not activations, and are left out unless ``include_parameters``; storages saved
+    twice count once.
 
     Example::
 
@@ -20,11 +21,18 @@ class SavedTensorBytes(torch.autograd.graph.saved_tensors_hooks):
         print(saved.bytes)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, include_parameters: bool = False) -> None:
         self._storages: dict[int, int] = {}
+        self._include_parameters = include_parameters
         super().__init__(self._pack, lambda tensor: tensor)
 
+    def __enter__(self) -> SavedTensorBytes:
+        super().__enter__()
+        return self
+
     def _pack(self, tensor: Tensor) -> Tensor:
+        if isinstance(tensor, nn.Parameter) and not self._include_parameters:
+            return tensor
         storage = tensor.untyped_storage()
         self._storages[storage.data_ptr()] = storage.nbytes()
         return tensor

@@ -23,7 +23,7 @@ from typing import NamedTuple, Union
 import torch
 from torch import Tensor, nn
 
-from ..layers.base import InvertibleModule, InvertibleSequential, trainable_parameters
+from ..layers.base import InvertibleModule, InvertibleSequential
 
 __all__ = ["Split", "Concat", "Program", "flatten_program", "run_program", "run_memory_efficient"]
 
@@ -111,26 +111,60 @@ def _running_stats_frozen(program: Program) -> Iterator[None]:
             m.num_batches_tracked.copy_(count)
 
 
+@contextmanager
+def _parameters_bound(owners: list[tuple[nn.Module, str]], params: tuple[Tensor, ...]) -> Iterator[None]:
+    """Backward recomputes with the parameter tensors the forward used, even if the modules now hold others
+    (``torch.func.functional_call`` swaps them only for the duration of the forward)."""
+    swapped = [(m, name, m._parameters[name]) for (m, name), p in zip(owners, params) if m._parameters[name] is not p]
+    for (m, name), p in zip(owners, params):
+        m._parameters[name] = p
+    try:
+        yield
+    finally:
+        for m, name, original in swapped:
+            m._parameters[name] = original
+
+
 class _MemoryEfficientFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, program: Program, params: list[Tensor], x: Tensor, *param_tensors: Tensor) -> Tensor:
+    def forward(ctx, program: Program, owners: list[tuple[nn.Module, str]], x: Tensor, *params: Tensor) -> Tensor:
         ctx.program = program
-        ctx.params = params
+        ctx.owners = owners
         ctx.device_type = x.device.type
         ctx.autocast = (torch.is_autocast_enabled(x.device.type), torch.get_autocast_dtype(x.device.type))
         y = run_program(program, x)
-        ctx.save_for_backward(y)
+        # Saving the parameters (no copy) lets autograd detect an in-place update between forward and backward.
+        ctx.save_for_backward(y, *params)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y: Tensor):
-        (y,) = ctx.saved_tensors
+        y, *params = ctx.saved_tensors
         enabled, dtype = ctx.autocast
-        with torch.autocast(ctx.device_type, dtype=dtype, enabled=enabled), _running_stats_frozen(ctx.program):
+        with (
+            torch.autocast(ctx.device_type, dtype=dtype, enabled=enabled),
+            _running_stats_frozen(ctx.program),
+            _parameters_bound(ctx.owners, params),
+        ):
             grad_x, param_grads = _invert_program(ctx.program, y, grad_y)
-        grads = [param_grads.get(p) for p in ctx.params]
+        grads = [param_grads.get(p) for p in params]
         return (None, None, grad_x if ctx.needs_input_grad[2] else None, *grads)
+
+
+def _trainable_parameters(program: Program) -> tuple[list[tuple[nn.Module, str]], list[Tensor]]:
+    """(owner module, name) and tensor of every distinct trainable parameter in the program."""
+    owners, params, seen = [], [], set()
+    for step in program:
+        if not isinstance(step, nn.Module):
+            continue
+        for module in step.modules():
+            for name, p in module._parameters.items():
+                if p is not None and p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))  # a parameter shared by two layers gets one (summed) gradient
+                    owners.append((module, name))
+                    params.append(p)
+    return owners, params
 
 
 def run_memory_efficient(program: Program, x: Tensor) -> Tensor:
@@ -140,8 +174,7 @@ def run_memory_efficient(program: Program, x: Tensor) -> Tensor:
     grad), so evaluation pays nothing.
     """
     program = flatten_program(program)
-    # Unique: a parameter shared by two layers gets one (summed) gradient.
-    params = list(dict.fromkeys(p for step in program if isinstance(step, nn.Module) for p in trainable_parameters(step)))
+    owners, params = _trainable_parameters(program)
     if not torch.is_grad_enabled() or not (x.requires_grad or params):
         return run_program(program, x)
-    return _MemoryEfficientFunction.apply(program, params, x, *params)
+    return _MemoryEfficientFunction.apply(program, owners, x, *params)

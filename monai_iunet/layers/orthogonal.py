@@ -92,7 +92,7 @@ def _is_orthogonal(matrix: Tensor, atol: float = 1e-5) -> bool:
 class OrthogonalMatrix(nn.Module):
     """A batch of ``batch`` learnable orthogonal n×n matrices, ``base @ M0ᵀ @ map(θ)`` with θ initialised to 0.
 
-    The matrix is always computed in float32 (or float64 when the parameters are float64), also under autocast:
+    The matrix is always computed in float32 (or float64 when θ is float64), also under autocast:
     ``torch.linalg.solve`` has no half-precision CPU kernel and orthogonality degrades quickly in bf16.
 
     Args:
@@ -117,16 +117,20 @@ class OrthogonalMatrix(nn.Module):
             self.theta = nn.Parameter(theta)
         else:
             self.register_buffer("theta", theta)
-        self.register_buffer("base", (init @ at_zero.mT).float())
+        # float64 so that float64 use is exact too; cast to θ's dtype on use.
+        self.register_buffer("base", init @ at_zero.mT)
 
     def forward(self) -> Tensor:
         if torch.jit.is_scripting():
             return self._compute()
         return self._compute_without_autocast()
 
+    def value(self, dtype: torch.dtype) -> Tensor:
+        """The matrices computed in ``dtype`` (float64 gives an initialisation for a twin layer without rounding)."""
+        return self.base.to(dtype) @ orthogonal_map(self.theta.to(dtype), self.method)
+
     def _compute(self) -> Tensor:
-        theta = self.theta if self.theta.dtype == torch.float64 else self.theta.float()
-        return self.base.to(theta.dtype) @ orthogonal_map(theta, self.method)
+        return self.value(torch.float64 if self.theta.dtype == torch.float64 else torch.float32)
 
     @torch.jit.unused
     def _compute_without_autocast(self) -> Tensor:

@@ -170,14 +170,14 @@ class InvertibleUNet(InvertibleModule):
             [
                 OrthogonalUpsampling(
                     spatial_dims, level_channels[i + 1], strides_per_level[i], resampling_method,
-                    self.downsampling[i].matrix().detach(), learnable_resampling,
+                    self.downsampling[i].matrix.value(torch.float64).detach(), learnable_resampling,
                 )
                 for i in reversed(range(num_levels - 1))
             ]
         )
         self.concat_mixing = nn.ModuleList(
             [
-                mixing(i, self.split_mixing[i].matrix().detach()[0].mT if channel_mixing else None)
+                mixing(i, self.split_mixing[i].matrix.value(torch.float64).detach()[0].mT if channel_mixing else None)
                 for i in reversed(range(num_levels - 1))
             ]
         )

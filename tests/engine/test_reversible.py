@@ -1,0 +1,229 @@
+"""The memory-efficient engine against plain autograd: gradients, retained memory, and the memcnn failure modes."""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import weakref
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+from torch.func import functional_call
+
+from monai_iunet import IUNet, InvertibleUNet, SavedTensorBytes
+from monai_iunet.engine import reversible
+
+from ..conftest import perturb, relative_error
+
+
+def _net(spatial_dims=3, dtype=torch.float32, **kwargs):
+    kwargs = {"channels": 4, "num_levels": 3, "blocks_per_level": 1, **kwargs}
+    return perturb(IUNet(spatial_dims, 2, 2, **kwargs), 0.1).to(dtype)
+
+
+def _input(net, dtype=torch.float32, size=8):
+    return torch.randn(2, net.in_channels, *([size] * net.spatial_dims), dtype=dtype)
+
+
+def _gradients(net, x, memory_efficient, steps=1):
+    net.memory_efficient = memory_efficient
+    net.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(True)
+    for _ in range(steps):
+        net(x).square().mean().backward()
+    return [x.grad] + [p.grad for p in net.parameters()]
+
+
+def _assert_gradients_equal(expected, actual, tolerance):
+    for i, (e, a) in enumerate(zip(expected, actual)):
+        assert a is not None, f"gradient {i} missing"
+        assert relative_error(a, e) <= tolerance, f"gradient {i}: relative error {relative_error(a, e):.2e}"
+
+
+FLAGS = list(itertools.product(["additive", "affine"], ["exp", "cayley", "householder"], [True, False], [2, 3]))
+
+
+@pytest.mark.parametrize("coupling,method,mixing,spatial_dims", FLAGS)
+def test_gradients_equal_plain_autograd_fp32(coupling, method, mixing, spatial_dims):
+    net = _net(spatial_dims, coupling=coupling, resampling_method=method, mixing_method=method, channel_mixing=mixing)
+    x = _input(net)
+    _assert_gradients_equal(_gradients(net, x, False), _gradients(net, x, True), 1e-5)
+
+
+@pytest.mark.parametrize("coupling", ["additive", "affine"])
+@pytest.mark.parametrize("method", ["exp", "cayley", "householder"])
+def test_gradients_equal_plain_autograd_fp64(coupling, method):
+    net = _net(3, torch.float64, coupling=coupling, resampling_method=method, mixing_method=method)
+    x = _input(net, torch.float64)
+    _assert_gradients_equal(_gradients(net, x, False), _gradients(net, x, True), 1e-10)
+
+
+def test_gradcheck_memory_efficient_core():
+    core = perturb(InvertibleUNet(2, 4, num_levels=2, blocks_per_level=1, subnet_convs=1), 0.2).double()
+    names = ["downsampling.0.matrix.theta", "encoder.0.layers.0.f.0.weight", "decoder.0.layers.0.g.1.weight"]
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in core.named_parameters() if n in names}
+    x = torch.randn(1, 4, 4, 4, dtype=torch.float64, requires_grad=True)
+
+    def run(x, *values):
+        return functional_call(core, dict(zip(params, values)), (x,))
+
+    assert core.memory_efficient
+    assert gradcheck(run, (x, *params.values()))
+
+
+def _saved_bytes(net, x):
+    with SavedTensorBytes() as saved:
+        loss = net(x).square().mean()
+    loss.backward()
+    return saved.bytes
+
+
+def test_retained_bytes_independent_of_depth_and_10x_below_plain():
+    x = torch.randn(1, 2, 16, 16, 16)
+    shallow, deep = (_net(3, blocks_per_level=b, channels=8) for b in (1, 8))
+    efficient_1, efficient_8 = _saved_bytes(shallow, x), _saved_bytes(deep, x)
+    deep.memory_efficient = False
+    plain_8 = _saved_bytes(deep, x)
+    assert abs(efficient_8 - efficient_1) <= 0.1 * efficient_1, (efficient_1, efficient_8)
+    assert plain_8 >= 10 * efficient_8, (plain_8, efficient_8)
+
+
+def test_resampling_and_mixing_keep_nothing():
+    """A core made only of resampling and mixing (no couplings) also retains just its output."""
+    core = InvertibleUNet(3, 8, num_levels=3, blocks_per_level=0)
+    x = torch.randn(1, 8, 16, 16, 16, requires_grad=True)
+    with SavedTensorBytes() as saved:
+        y = core(x)
+    output_bytes = y.numel() * y.element_size()
+    parameter_bytes = sum(p.numel() * p.element_size() for p in core.parameters())
+    assert saved.bytes <= output_bytes + parameter_bytes
+
+
+def test_no_grad_and_inference_mode_skip_the_engine(monkeypatch):
+    net = _net()
+    x = _input(net)
+    expected = net(x).detach()
+
+    def forbidden(*args):
+        raise AssertionError("engine used without grad")
+
+    monkeypatch.setattr(reversible._MemoryEfficientFunction, "apply", forbidden)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), expected)
+    with torch.inference_mode():
+        torch.testing.assert_close(net(x), expected)
+
+
+def test_input_reused_after_forward_and_backward():
+    net = _net()
+    x = _input(net).requires_grad_(True)
+    before = x.detach().clone()
+    y = net(x)
+    torch.testing.assert_close(x.detach(), before)  # never freed or modified
+    (y.sum() + x.sum()).backward()
+    torch.testing.assert_close(x.detach(), before)
+    core_input = torch.randn(1, 4, 8, 8, 8, requires_grad=True)
+    out = net.core(core_input)
+    out.sum().backward()
+    assert torch.isfinite(core_input * 2).all()
+
+
+def test_inplace_op_right_before_the_core():
+    net = _net()
+    x = _input(net)
+    expected = _gradients_through_relu(net, x, memory_efficient=False)
+    _assert_gradients_equal(expected, _gradients_through_relu(net, x, memory_efficient=True), 1e-5)
+
+
+def _gradients_through_relu(net, x, memory_efficient):
+    net.memory_efficient = memory_efficient
+    net.zero_grad(set_to_none=True)
+    h = torch.relu_(net.lift(x))  # in-place op on the core's input
+    net.head(net.core(h)).square().mean().backward()
+    return [p.grad for p in net.parameters()]
+
+
+def test_autograd_grad_equals_backward():
+    net = _net()
+    x = _input(net).requires_grad_(True)
+    params = list(net.parameters())
+    grads = torch.autograd.grad(net(x).square().mean(), [x, *params])
+    _assert_gradients_equal(_gradients(net, x.detach(), True), grads, 1e-6)
+
+
+def test_gradient_accumulation_and_second_backward():
+    net = _net()
+    x = _input(net)
+    _assert_gradients_equal(_gradients(net, x, False, steps=3), _gradients(net, x, True, steps=3), 1e-5)
+    y = net(x).square().mean()
+    y.backward(retain_graph=True)
+    y.backward()  # memcnn fails here
+
+
+def test_forward_hooks_fire():
+    net = _net()
+    calls = []
+    net.register_forward_hook(lambda module, inputs, output: calls.append("net"))
+    net.core.register_forward_hook(lambda module, inputs, output: calls.append("core"))
+    net(_input(net)).sum().backward()
+    assert calls == ["core", "net"]
+
+
+def test_batchnorm_statistics_updated_once():
+    kwargs = dict(norm="batch")
+    efficient, plain = _net(**kwargs), _net(**kwargs)
+    plain.load_state_dict(efficient.state_dict())
+    plain.memory_efficient = False
+    x = _input(efficient)
+    for net in (efficient, plain):
+        net(x).sum().backward()
+    for (name, a), (_, b) in zip(efficient.named_buffers(), plain.named_buffers()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_cpu_bf16_autocast():
+    """bf16 rounding makes any two runs differ a little: the reconstructed path must be as close to the fp32 truth as
+    plain autograd under the same autocast, and the fp32 invertible state must invert accurately."""
+    net = _net()
+    x = _input(net)
+
+    def flat_gradients(memory_efficient, autocast):
+        net.memory_efficient = memory_efficient
+        net.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = net(x)
+        y.float().square().mean().backward()
+        return torch.cat([p.grad.flatten() for p in net.parameters()])
+
+    truth = flat_gradients(False, False)
+    plain, efficient = flat_gradients(False, True), flat_gradients(True, True)
+    assert relative_error(efficient, truth) <= 2 * relative_error(plain, truth) + 1e-6
+    assert relative_error(efficient, plain) <= 1e-2
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        h = net.lift(x)
+        state = net.core(h)
+        reconstructed = net.core.inverse(state)
+    assert state.dtype == torch.float32
+    # bf16 sub-networks see inputs that differ from the forward's by fp32 rounding: small, bounded drift.
+    assert relative_error(reconstructed, h.float()) <= 5e-3
+
+
+def test_forwards_without_backward_leave_nothing_behind():
+    net = _net()
+    x = _input(net)
+    gc.disable()
+    try:
+        refs = []
+        for _ in range(20):
+            y = net(x)
+            refs.append(weakref.ref(y))
+            del y
+        assert all(r() is None for r in refs), "outputs kept alive by a reference cycle"
+    finally:
+        gc.enable()
+
+
+def test_program_must_balance_skips():
+    with pytest.raises(ValueError, match="Concat"):
+        reversible.run_program([reversible.Split(1)], torch.randn(1, 2, 4))

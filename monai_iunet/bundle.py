@@ -1,0 +1,48 @@
+"""Small helpers that the bundle configs call (``$monai_iunet.bundle...``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from monai.handlers import from_engine
+
+__all__ = ["REGIONS", "region_output_transform", "load_weights"]
+
+REGIONS = ("TC", "WT", "ET")
+
+
+def region_output_transform(channel: int) -> Callable:
+    """``output_transform`` for a metric handler on one BraTS region: the ``channel`` of every pred and label."""
+    select = from_engine(["pred", "label"])
+
+    def transform(output):
+        preds, labels = select(output)
+        return [p[channel : channel + 1] for p in preds], [y[channel : channel + 1] for y in labels]
+
+    return transform
+
+
+def load_weights(network: torch.nn.Module, path: str, map_location=None) -> torch.nn.Module:
+    """Load a checkpoint written by the bundle (``model.pt``: the network's state dict; ``last.pt``: a dict with a
+    ``"model"`` entry) with ``weights_only=True``. A checkpoint of another architecture raises ``ValueError`` listing
+    the missing, unexpected and mis-shaped keys."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; train first or set ckpt_path.")
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    own = network.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mis_shaped = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or mis_shaped:
+        raise ValueError(
+            f"checkpoint {path} does not match the network (another architecture?): "
+            f"missing {missing[:10]}{'…' if len(missing) > 10 else ''}, "
+            f"unexpected {unexpected[:10]}{'…' if len(unexpected) > 10 else ''}, "
+            f"different shape {mis_shaped[:10]}{'…' if len(mis_shaped) > 10 else ''}."
+        )
+    network.load_state_dict(state)
+    return network

@@ -1,0 +1,91 @@
+"""Datalist JSON for a BraTS-style folder (real or synthetic): ``training``, ``validation`` and ``testing`` lists.
+
+Each item is ``{"image": [t1, t1ce, t2, flair], "label": seg}`` with paths relative to the dataset folder (the
+channel order the bundle expects). Both the BraTS 2018-2022 names (``*_t1.nii.gz``, ``*_t1ce``, ``*_t2``,
+``*_flair``, ``*_seg``) and the 2023 names (``*-t1n``, ``*-t1c``, ``*-t2w``, ``*-t2f``, ``*-seg``) are found.
+Cases without a segmentation go to ``testing``; a case folder with a ``dicom/`` sub-folder of 4 series is also
+listed under ``testing_dicom``.
+
+    python -m monai_iunet.data.datalist --dataset-dir data/brats_synthetic --output data/datalist.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+from .synthetic import MODALITIES, NAMING
+
+__all__ = ["find_cases", "make_datalist", "write_datalist"]
+
+
+def _find(case_dir: Path, suffix: str) -> Path | None:
+    matches = sorted(p for p in case_dir.iterdir() if p.name.endswith((f"_{suffix}.nii.gz", f"-{suffix}.nii.gz",
+                                                                        f"_{suffix}.nii", f"-{suffix}.nii")))
+    return matches[0] if matches else None
+
+
+def find_cases(dataset_dir: str | Path) -> list[dict]:
+    """Every case folder under ``dataset_dir`` that holds all 4 modalities, as datalist items (sorted by name)."""
+    dataset_dir = Path(dataset_dir)
+    if not dataset_dir.is_dir():
+        raise FileNotFoundError(f"dataset_dir {dataset_dir} does not exist or is not a folder.")
+    cases = []
+    for case_dir in sorted(p for p in dataset_dir.rglob("*") if p.is_dir()):
+        for names in NAMING.values():
+            images = [_find(case_dir, names[m]) for m in MODALITIES]
+            if all(images):
+                item = {"case": case_dir.name, "image": [str(p.relative_to(dataset_dir)) for p in images]}
+                label = _find(case_dir, names["seg"])
+                if label is not None:
+                    item["label"] = str(label.relative_to(dataset_dir))
+                dicom = case_dir / "dicom"
+                if all((dicom / m).is_dir() for m in MODALITIES):
+                    item["dicom"] = [str((dicom / m).relative_to(dataset_dir)) for m in MODALITIES]
+                cases.append(item)
+                break
+    return cases
+
+
+def make_datalist(dataset_dir: str | Path, val_fraction: float = 0.2, seed: int = 0) -> dict[str, list[dict]]:
+    """Split the labelled cases into training/validation (seeded shuffle); unlabelled cases become ``testing``."""
+    cases = find_cases(dataset_dir)
+    if not cases:
+        raise FileNotFoundError(
+            f"no BraTS cases (4 modalities per case folder, BraTS 2018-2023 file names) under {dataset_dir}."
+        )
+    labelled = [c for c in cases if "label" in c]
+    random.Random(seed).shuffle(labelled)
+    n_val = max(1, round(val_fraction * len(labelled))) if len(labelled) > 1 else 0
+    strip = lambda c: {k: v for k, v in c.items() if k in ("image", "label")}  # noqa: E731
+    datalist = {
+        "training": [strip(c) for c in labelled[n_val:]],
+        "validation": [strip(c) for c in labelled[:n_val]],
+        "testing": [{"image": c["image"]} for c in cases if "label" not in c] or [{"image": c["image"]} for c in labelled[:n_val]],
+        "testing_dicom": [{"image": c["dicom"]} for c in cases if "dicom" in c],
+    }
+    return datalist
+
+
+def write_datalist(dataset_dir: str | Path, output: str | Path, val_fraction: float = 0.2, seed: int = 0) -> dict:
+    datalist = make_datalist(dataset_dir, val_fraction, seed)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(json.dumps(datalist, indent=2))
+    return datalist
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset-dir", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    datalist = write_datalist(args.dataset_dir, args.output, args.val_fraction, args.seed)
+    print(", ".join(f"{k}: {len(v)}" for k, v in datalist.items()), f"-> {args.output}")
+
+
+if __name__ == "__main__":
+    main()

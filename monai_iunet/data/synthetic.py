@@ -1,0 +1,173 @@
+"""Synthetic BraTS-like cases: a brain-like head, a tumour with necrotic core / edema / enhancing rim, 4 MRI contrasts.
+
+Nothing can be downloaded where this project is tested, so the bundle trains and is tested on these. Each case has
+T1, T1ce, T2 and FLAIR volumes with tissue classes (scalp, CSF, grey and white matter, ventricles), a smooth
+multiplicative bias field and Rician-like noise, and a tumour of random shape, size and position: a necrotic core
+(label 1), an enhancing rim (label 4, or 3 with the 2023 convention; bright on T1ce) and peritumoral edema (label 2;
+bright on T2 and FLAIR). Everything is deterministic given the seed.
+
+    python -m monai_iunet.data.synthetic --output data/brats_synthetic --cases 12 --dicom 2
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["MODALITIES", "SyntheticCase", "make_case", "case_files", "write_dataset"]
+
+MODALITIES = ("t1", "t1ce", "t2", "flair")
+# File suffixes of each modality in the BraTS 2018-2022 ("2020") and 2023 naming.
+NAMING = {
+    "2020": {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair", "seg": "seg"},
+    "2023": {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f", "seg": "seg"},
+}
+
+# Mean intensity of each tissue per modality (T1, T1ce, T2, FLAIR), loosely after real contrasts.
+_TISSUES = {
+    "background": (0.0, 0.0, 0.0, 0.0),
+    "scalp": (0.9, 0.9, 0.5, 0.6),
+    "csf": (0.2, 0.2, 1.0, 0.1),
+    "grey": (0.55, 0.55, 0.6, 0.6),
+    "white": (0.8, 0.8, 0.4, 0.5),
+    "edema": (0.5, 0.5, 0.95, 1.15),
+    "necrosis": (0.3, 0.3, 1.1, 0.65),
+    "enhancing": (0.6, 1.5, 0.75, 0.85),
+}
+
+
+@dataclass
+class SyntheticCase:
+    images: dict[str, np.ndarray]  # modality -> float32 volume
+    label: np.ndarray  # uint8 BraTS labels
+    affine: np.ndarray  # 4×4 voxel -> RAS (mm)
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], coarse: int, amplitude: float) -> np.ndarray:
+    """A smooth random field: coarse Gaussian noise upsampled with trilinear interpolation."""
+    noise = torch.from_numpy(rng.standard_normal((1, 1, coarse, coarse, coarse)).astype(np.float32))
+    return amplitude * F.interpolate(noise, size=shape, mode="trilinear", align_corners=True)[0, 0].numpy()
+
+
+def make_case(
+    rng: np.random.Generator, shape: tuple[int, int, int] = (64, 64, 64), spacing: float = 3.0, et_label: int = 4
+) -> SyntheticCase:
+    """One synthetic case on a ``shape`` grid with isotropic ``spacing`` mm voxels."""
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in shape], indexing="ij"))
+    head_radii = np.array([0.85, 0.9, 0.8], dtype=np.float32) * rng.uniform(0.92, 1.05, 3).astype(np.float32)
+    r_head = np.sqrt(((grid / head_radii[:, None, None, None]) ** 2).sum(0))
+    folds = 0.04 * np.sin(14 * grid[0] + rng.uniform(0, 6)) * np.sin(14 * grid[1] + rng.uniform(0, 6))
+
+    tissue = np.zeros(shape, dtype=np.int8)  # indices into _TISSUES order
+    names = list(_TISSUES)
+    tissue[r_head < 1.0] = names.index("scalp")
+    tissue[r_head < 0.9] = names.index("csf")
+    tissue[r_head < 0.86 + folds] = names.index("grey")
+    tissue[r_head < 0.68 + folds] = names.index("white")
+    for side in (-1, 1):  # lateral ventricles
+        centre = np.array([0.12 * side, 0.05, 0.05], dtype=np.float32)[:, None, None, None]
+        r_vent = np.sqrt((((grid - centre) / np.array([0.07, 0.25, 0.12])[:, None, None, None]) ** 2).sum(0))
+        tissue[r_vent < 1.0] = names.index("csf")
+
+    # Tumour: a deformed sphere inside the brain; shells by normalised radius.
+    radius = rng.uniform(0.18, 0.3)
+    centre = rng.uniform(-0.35, 0.35, 3).astype(np.float32)[:, None, None, None]
+    deformation = 1.0 + _smooth_field(rng, shape, 4, 0.18)
+    r_tumour = np.sqrt(((grid - centre) ** 2).sum(0)) / (radius * deformation)
+    inside_brain = r_head < 0.86
+    core_edge, rim_edge, edema_edge = rng.uniform(0.3, 0.45), rng.uniform(0.7, 0.85), rng.uniform(1.3, 1.7)
+    label = np.zeros(shape, dtype=np.uint8)
+    label[(r_tumour < edema_edge) & inside_brain] = 2
+    label[(r_tumour < rim_edge) & inside_brain] = et_label
+    label[(r_tumour < core_edge) & inside_brain] = 1
+    tissue[label == 2] = names.index("edema")
+    tissue[label == et_label] = names.index("enhancing")
+    tissue[label == 1] = names.index("necrosis")
+
+    means = np.array([_TISSUES[n] for n in names], dtype=np.float32)  # (tissues, modalities)
+    bias = np.exp(_smooth_field(rng, shape, 3, 0.12))
+    head = r_head < 1.0
+    images = {}
+    for m, modality in enumerate(MODALITIES):
+        clean = means[tissue, m] * (1 + _smooth_field(rng, shape, 8, 0.04))
+        noisy = np.abs(clean * bias + rng.normal(0, 0.03, shape) + 1j * rng.normal(0, 0.03, shape))
+        images[modality] = np.where(head, noisy, 0.3 * noisy).astype(np.float32) * 1000
+    affine = np.diag([-spacing, -spacing, spacing, 1.0])
+    affine[:3, 3] = -affine[:3, :3] @ (np.array(shape) - 1) / 2  # centre the volume at the origin
+    return SyntheticCase(images, label, affine)
+
+
+def case_files(case_dir: Path, case_id: str, naming: str = "2020") -> dict[str, Path]:
+    """The BraTS file names of one case: ``{modality or 'seg': path}``."""
+    suffixes = NAMING[naming]
+    return {key: case_dir / f"{case_id}_{suffix}.nii.gz" if naming == "2020" else case_dir / f"{case_id}-{suffix}.nii.gz"
+            for key, suffix in suffixes.items()}
+
+
+def _case_id(index: int, naming: str) -> str:
+    return f"BraTS20_Training_{index:03d}" if naming == "2020" else f"BraTS-GLI-{index:05d}-000"
+
+
+def write_dataset(
+    output: str | Path,
+    cases: int = 12,
+    shape: tuple[int, int, int] = (64, 64, 64),
+    spacing: float = 3.0,
+    seed: int = 0,
+    naming: str = "2020",
+    dicom_cases: int = 0,
+) -> list[Path]:
+    """Write ``cases`` synthetic cases as BraTS NIfTI folders under ``output``; the first ``dicom_cases`` cases also
+    as 4 DICOM MR series each (``<case>/dicom/<modality>/``). Returns the case folders."""
+    if naming not in NAMING:
+        raise ValueError(f"naming must be one of {tuple(NAMING)}, got {naming!r}.")
+    from .dicom import write_dicom_series  # pydicom only when asked for
+
+    output = Path(output)
+    et_label = 4 if naming == "2020" else 3
+    rng = np.random.default_rng(seed)
+    folders = []
+    for index in range(1, cases + 1):
+        case_id = _case_id(index, naming)
+        case_dir = output / case_id
+        case_dir.mkdir(parents=True, exist_ok=True)
+        case = make_case(rng, shape, spacing, et_label)
+        files = case_files(case_dir, case_id, naming)
+        for modality in MODALITIES:
+            nib.save(nib.Nifti1Image(case.images[modality], case.affine), files[modality])
+        nib.save(nib.Nifti1Image(case.label, case.affine), files["seg"])
+        if index <= dicom_cases:
+            write_dicom_series(case.images, case.affine, case_dir / "dicom", patient_id=case_id)
+        folders.append(case_dir)
+    return folders
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", required=True, help="dataset folder to create")
+    parser.add_argument("--cases", type=int, default=12)
+    parser.add_argument("--shape", type=int, nargs=3, default=(64, 64, 64), metavar=("X", "Y", "Z"))
+    parser.add_argument("--spacing", type=float, default=3.0, help="isotropic voxel size in mm")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--naming", choices=tuple(NAMING), default="2020",
+                        help="2020: BraTS 2018-2022 names and ET label 4; 2023: BraTS 2023 names and ET label 3")
+    parser.add_argument("--dicom", type=int, default=0, metavar="N", help="also write the first N cases as DICOM")
+    parser.add_argument("--datalist", help="also write a datalist JSON here (see monai_iunet.data.datalist)")
+    args = parser.parse_args(argv)
+    folders = write_dataset(args.output, args.cases, tuple(args.shape), args.spacing, args.seed, args.naming, args.dicom)
+    print(f"wrote {len(folders)} cases to {args.output}")
+    if args.datalist:
+        from .datalist import write_datalist
+
+        write_datalist(args.output, args.datalist, seed=args.seed)
+        print(f"wrote datalist {args.datalist}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""MONAI transforms for multi-modal BraTS cases: checked loading of the modalities, labels from region channels."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import LoadImage, MapTransform
+
+__all__ = ["LoadModalitiesd", "BratsLabelsFromRegionsd", "CaseError"]
+
+BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
+
+
+class CaseError(ValueError):
+    """A case that cannot be used; the message names the case and the file."""
+
+
+def _case_name(paths: Sequence[str], data: Mapping) -> str:
+    if "case" in data:
+        return str(data["case"])
+    return Path(str(paths[0])).parent.name if paths else "<unnamed>"
+
+
+class LoadModalitiesd(MapTransform):
+    """Load the modalities of a case (each a NIfTI file or a DICOM series folder) and stack them as channels.
+
+    Unlike ``LoadImaged`` with a list of files, every file is checked and loaded on its own, so errors name the case
+    and the file: a missing modality, a file that does not exist, an empty DICOM folder, an unreadable or truncated
+    file, or modalities on different grids (shape or affine).
+
+    Args:
+        keys: keys whose value is the list of modality paths (relative paths were already joined by the datalist).
+        modalities: names of the expected modalities in channel order, used in messages and to check the count.
+        reader: MONAI image reader (name or instance), e.g. ``"ITKReader"``; default picks by file type.
+        atol: tolerance (mm) when comparing the modalities' affines.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        modalities: Sequence[str] = BRATS_MODALITIES,
+        reader=None,
+        atol: float = 1e-3,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.modalities = tuple(modalities)
+        self.loader = LoadImage(reader=reader, image_only=True, ensure_channel_first=True)
+        self.atol = atol
+
+    def _load(self, case: str, modality: str, path: str) -> MetaTensor:
+        file = Path(path)
+        if not file.exists():
+            raise CaseError(f"case {case}: {modality} file {file} does not exist.")
+        if file.is_dir() and not any(p.is_file() for p in file.iterdir()):
+            raise CaseError(f"case {case}: {modality} DICOM folder {file} is empty.")
+        try:
+            return self.loader(str(file))
+        except Exception as error:  # readers raise many types; name the file whatever they raise
+            raise CaseError(f"case {case}: cannot read {modality} file {file} ({type(error).__name__}: {error})") from error
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            paths = [str(p) for p in (d[key] if isinstance(d[key], (list, tuple)) else [d[key]])]
+            case = _case_name(paths, d)
+            if len(paths) != len(self.modalities):
+                raise CaseError(
+                    f"case {case}: expected {len(self.modalities)} modalities {list(self.modalities)} in '{key}', "
+                    f"got {len(paths)}: {paths}."
+                )
+            images = [self._load(case, m, p) for m, p in zip(self.modalities, paths)]
+            first = images[0]
+            for modality, path, image in zip(self.modalities[1:], paths[1:], images[1:]):
+                if image.shape[0] != 1:
+                    raise CaseError(f"case {case}: {modality} file {path} has {image.shape[0]} channels, expected 1.")
+                if image.shape[1:] != first.shape[1:] or not np.allclose(image.affine, first.affine, atol=self.atol):
+                    raise CaseError(
+                        f"case {case}: {modality} file {path} is on a different grid than {self.modalities[0]} "
+                        f"({list(image.shape[1:])} vs {list(first.shape[1:])} voxels, affines "
+                        f"{np.round(np.asarray(image.affine), 3).tolist()} vs "
+                        f"{np.round(np.asarray(first.affine), 3).tolist()}); resample the modalities to one grid."
+                    )
+            stacked = torch.cat([torch.as_tensor(image) for image in images], dim=0)
+            d[key] = MetaTensor(stacked, affine=first.affine, meta=dict(first.meta))
+        return d
+
+
+class BratsLabelsFromRegionsd(MapTransform):
+    """Binary region channels (TC, WT, ET) → one BraTS label map: 1 necrotic core, 2 edema, ``et_label`` enhancing.
+
+    The inverse of ``ConvertToMultiChannelBasedOnBratsClassesd``: ET → ``et_label`` (4 for BraTS 2018-2022, 3 for
+    2023+), TC without ET → 1, WT without TC → 2. Output: one channel, uint8.
+    """
+
+    def __init__(self, keys: KeysCollection, et_label: int = 4, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if et_label not in (3, 4):
+            raise ValueError(f"et_label must be 4 (BraTS 2018-2022) or 3 (BraTS 2023+), got {et_label}.")
+        self.et_label = et_label
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            regions = d[key]
+            if regions.shape[0] != 3:
+                raise ValueError(f"{key} must have 3 channels (TC, WT, ET), got {regions.shape[0]}.")
+            tc, wt, et = (regions[i] > 0.5 for i in range(3))
+            label = torch.zeros_like(torch.as_tensor(tc), dtype=torch.uint8)
+            label[wt] = 2
+            label[tc] = 1
+            label[et] = self.et_label
+            label = label.unsqueeze(0)
+            if isinstance(regions, MetaTensor):
+                label = MetaTensor(label, meta=dict(regions.meta), applied_operations=list(regions.applied_operations))
+            d[key] = label
+        return d

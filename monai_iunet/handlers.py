@@ -41,6 +41,7 @@ class ResumableCheckpoint:
         epoch_level: count ``interval`` in epochs (True) or iterations (False).
         filename: checkpoint file name.
         map_location: ``torch.load`` map_location when resuming.
+        save: write checkpoints (False on the non-zero ranks of a distributed run, which only resume).
     """
 
     def __init__(
@@ -52,6 +53,7 @@ class ResumableCheckpoint:
         epoch_level: bool = True,
         filename: str = "last.pt",
         map_location=None,
+        save: bool = True,
     ) -> None:
         if interval < 1:
             raise ValueError(f"interval must be at least 1, got {interval}.")
@@ -60,6 +62,7 @@ class ResumableCheckpoint:
         self.resume = resume
         self.event = (Events.EPOCH_COMPLETED if epoch_level else Events.ITERATION_COMPLETED)(every=interval)
         self.map_location = map_location
+        self.save = save
 
     def attach(self, engine: Engine) -> None:
         objects = {**self.save_dict, "trainer": engine}
@@ -69,8 +72,9 @@ class ResumableCheckpoint:
                     f"resume=true but there is no checkpoint {self.path}; start without --resume or set ckpt_dir."
                 )
             CheckpointLoader(str(self.path), objects, map_location=self.map_location).attach(engine)
-        engine.add_event_handler(self.event, self._save, objects)
-        engine.add_event_handler(Events.COMPLETED, self._save, objects)
+        if self.save:
+            engine.add_event_handler(self.event, self._save, objects)
+            engine.add_event_handler(Events.COMPLETED, self._save, objects)
 
     def _save(self, engine: Engine, objects: dict) -> None:
         save_atomically({name: obj.state_dict() for name, obj in objects.items()}, self.path)

@@ -13,8 +13,9 @@ from monai.transforms import SaveImage
 from tqdm import tqdm
 
 from .data.dicom_seg import write_dicom_seg
+from .transforms import CaseError
 
-__all__ = ["BatchSegmentation", "case_name"]
+__all__ = ["BatchSegmentation", "case_name", "describe_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,16 @@ def case_name(item: dict) -> str:
     if folder.name.lower() == "dicom":
         folder = folder.parent
     return folder.name or paths[0].stem
+
+
+def describe_error(error: BaseException) -> str:
+    """The informative part of an exception chain: MONAI's ``Compose`` wraps errors in "applying transform …", so
+    report the first ``CaseError`` in the chain (it names the case and file), else the innermost cause."""
+    chain = [error]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    chosen = next((e for e in chain if isinstance(e, CaseError)), chain[-1])
+    return f"{type(chosen).__name__}: {chosen}"
 
 
 class BatchSegmentation:
@@ -88,7 +99,7 @@ class BatchSegmentation:
                 report["written"][name] = self._segment(name, item)
                 logger.info("case %s: wrote %s", name, ", ".join(report["written"][name]))
             except Exception as error:  # one bad case must not stop the others
-                report["failed"][name] = f"{type(error).__name__}: {error}"
+                report["failed"][name] = describe_error(error)
                 logger.error("case %s failed: %s", name, report["failed"][name])
         (self.output_dir / "inference_report.json").write_text(json.dumps(report, indent=2))
         if report["failed"]:

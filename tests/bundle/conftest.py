@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from monai_iunet.data.datalist import write_datalist
+from monai_iunet.data.synthetic import write_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
+SCHEMA = ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"
+
+# A tiny network and 32³ volumes: every config runs end-to-end in seconds on CPU.
+TINY = {
+    "network_def#channels": 4,
+    "network_def#num_levels": 2,
+    "network_def#blocks_per_level": 1,
+    "roi_size": "[16,16,16]",
+    "num_workers": 0,
+    "amp": False,
+}
+TRAIN_TINY = {**TINY, "val_roi_size": "[32,32,32]", "epochs": 1, "val_interval": 1, "cache_rate": 0}
+
+
+def run_bundle(configs: list[str], cwd: Path = BUNDLE, launcher: list[str] | None = None, **overrides):
+    command = (launcher or [sys.executable]) + ["-m", "monai.bundle", "run", "--config_file", repr(configs)]
+    for key, value in overrides.items():
+        command += [f"--{key}", str(value)]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def check(result) -> str:
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    return output
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("brats")
+    write_dataset(root, cases=5, shape=(32, 32, 32), spacing=6.0, dicom_cases=1, seed=1)
+    # 2 validation cases, so that a 2-rank run has one on each rank.
+    datalist = write_datalist(root, root / "datalist.json", val_fraction=0.4)
+    assert len(datalist["training"]) == 3 and len(datalist["validation"]) == 2
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained(dataset, tmp_path_factory) -> Path:
+    """A bundle output folder with a model trained for one epoch."""
+    out = tmp_path_factory.mktemp("trained")
+    check(run_bundle(["configs/train.json"], dataset_dir=dataset, bundle_root=out, **TRAIN_TINY))
+    return out
+
+
+def write_json(path: Path, content) -> Path:
+    path.write_text(json.dumps(content, indent=2))
+    return path

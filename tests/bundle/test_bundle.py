@@ -1,0 +1,162 @@
+"""The real bundle configs end-to-end through ``python -m monai.bundle`` with tiny overrides."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+
+import highdicom as hd
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from monai_iunet import IUNet
+from monai_iunet.bundle import load_weights
+
+from .conftest import BUNDLE, SCHEMA, TINY, TRAIN_TINY, check, run_bundle, write_json
+
+
+def test_train_writes_best_and_last_checkpoints(trained):
+    assert (trained / "models" / "model.pt").is_file()
+    last = torch.load(trained / "models" / "last.pt", weights_only=True)
+    assert set(last) == {"model", "optimizer", "lr_scheduler", "trainer"}
+    assert last["trainer"]["iteration"] == 3 and last["trainer"]["epoch_length"] == 3  # one epoch of 3 cases
+    assert any(p.name.startswith("events.out.tfevents") for p in (trained / "eval").iterdir())  # TensorBoard
+
+
+def test_resume_continues_from_last_checkpoint(trained, dataset, tmp_path):
+    out = tmp_path / "resumed"
+    shutil.copytree(trained, out)
+    output = check(run_bundle(["configs/train.json"], dataset_dir=dataset, bundle_root=out, resume=True,
+                              **{**TRAIN_TINY, "epochs": 2}))
+    assert "Epoch: 1/2" not in output and "Epoch: 2/2" in output  # epoch 1 was not repeated
+    last = torch.load(out / "models" / "last.pt", weights_only=True)
+    assert last["trainer"]["iteration"] == 6 and last["trainer"]["max_epochs"] == 2
+    assert last["optimizer"]["state"][0]["step"] == 6  # optimizer state carried over
+    assert last["lr_scheduler"]["last_epoch"] == 2
+
+
+def test_resume_without_checkpoint_is_a_clear_error(dataset, tmp_path):
+    result = run_bundle(["configs/train.json"], dataset_dir=dataset, bundle_root=tmp_path, resume=True, **TRAIN_TINY)
+    assert result.returncode != 0 and "no checkpoint" in result.stderr + result.stdout
+
+
+def test_evaluate_reports_per_region_dice(trained, dataset):
+    check(run_bundle(["configs/train.json", "configs/evaluate.json"], dataset_dir=dataset, bundle_root=trained,
+                     **TRAIN_TINY))
+    metrics = dict(line.split(",") for line in (trained / "eval" / "metrics.csv").read_text().splitlines())
+    assert set(metrics) == {"val_mean_dice", "val_tc_dice", "val_wt_dice", "val_et_dice"}
+    assert all(0.0 <= float(v) <= 1.0 for v in metrics.values())
+
+
+def test_inference_on_nifti_and_dicom(trained, dataset, tmp_path):
+    datalist = write_json(tmp_path / "list.json", {
+        "testing": [{"image": [f"BraTS20_Training_002/BraTS20_Training_002_{m}.nii.gz"
+                               for m in ("t1", "t1ce", "t2", "flair")]}],
+        "testing_dicom": [{"image": [f"BraTS20_Training_001/dicom/{m}" for m in ("t1", "t1ce", "t2", "flair")]}],
+    })
+    for key in ("testing", "testing_dicom"):
+        check(run_bundle(["configs/inference.json"], dataset_dir=dataset, data_list_file_path=datalist,
+                         data_list_key=key, ckpt_path=trained / "models" / "model.pt", output_dir=tmp_path / key,
+                         **TINY))
+    for case, key in (("BraTS20_Training_002", "testing"), ("BraTS20_Training_001", "testing_dicom")):
+        source = nib.load(dataset / case / f"{case}_t1.nii.gz")
+        output = nib.load(tmp_path / key / f"{case}_seg.nii.gz")
+        assert output.shape == source.shape
+        np.testing.assert_allclose(output.affine, source.affine, atol=1e-4)
+        assert set(np.unique(np.asarray(output.dataobj))) <= {0, 1, 2, 4}
+
+    seg = hd.seg.segread(tmp_path / "testing_dicom" / "BraTS20_Training_001_seg.dcm")
+    source = pydicom.dcmread(sorted((dataset / "BraTS20_Training_001" / "dicom" / "t1").iterdir())[0])
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Necrotic tumor core", "Peritumoral edema",
+                                                             "Enhancing tumor"]
+
+
+def test_inference_reports_bad_cases_and_writes_the_others(trained, dataset, tmp_path):
+    good = [f"BraTS20_Training_002/BraTS20_Training_002_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")]
+    truncated = tmp_path / "truncated_t1.nii.gz"
+    truncated.write_bytes((dataset / good[0]).read_bytes()[:2000])
+    other_grid = tmp_path / "small_t2.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 16), np.float32), np.eye(4)), other_grid)
+    empty = tmp_path / "empty_dicom"
+    empty.mkdir()
+    datalist = write_json(tmp_path / "list.json", {"testing": [
+        {"case": "missing_modality", "image": good[:3]},
+        {"case": "no_such_file", "image": good[:3] + ["nowhere/flair.nii.gz"]},
+        {"case": "truncated", "image": [str(truncated)] + good[1:]},
+        {"case": "other_grid", "image": good[:2] + [str(other_grid)] + good[3:]},
+        {"case": "empty_dicom", "image": [str(empty)] + good[1:]},
+        {"case": "good", "image": good},
+    ]})
+    result = run_bundle(["configs/inference.json"], dataset_dir=dataset, data_list_file_path=datalist,
+                        ckpt_path=trained / "models" / "model.pt", output_dir=tmp_path / "out", **TINY)
+    assert result.returncode != 0
+    assert (tmp_path / "out" / "good_seg.nii.gz").is_file()
+    report = (tmp_path / "out" / "inference_report.json").read_text()
+    for case, words in {
+        "missing_modality": "expected 4 modalities",
+        "no_such_file": "nowhere/flair.nii.gz",
+        "truncated": "truncated_t1.nii.gz",
+        "other_grid": "small_t2.nii.gz",
+        "empty_dicom": "empty_dicom",
+    }.items():
+        assert case in report and words in report, (case, report)
+    assert "5 of 6 case(s) failed" in result.stderr + result.stdout
+
+
+@pytest.mark.skipif(not SCHEMA.is_file(), reason="MONAI metadata schema copy not present")
+def test_metadata_is_valid_against_the_official_schema():
+    out = _bundle_command("verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", str(SCHEMA))
+    assert out.returncode == 0 and "verified with no error" in out.stdout + out.stderr, out.stderr[-2000:]
+
+
+def _bundle_command(*args: str):
+    return subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=BUNDLE, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_verify_net_in_out():
+    out = _bundle_command("verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
+                          "--config_file", "configs/inference.json", "--n", "1", "--any", "1", "--device", "cpu",
+                          "--network_def#channels", "4", "--network_def#num_levels", "2")
+    assert out.returncode == 0 and "verified with no error" in out.stdout + out.stderr, out.stderr[-2000:]
+
+
+def test_ckpt_export_without_tracing_matches_eager(trained, tmp_path):
+    ts = tmp_path / "model.ts"
+    out = _bundle_command("ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file",
+                          str(trained / "models" / "model.pt"), "--meta_file", "configs/metadata.json",
+                          "--config_file", "configs/inference.json", "--network_def#channels", "4",
+                          "--network_def#num_levels", "2", "--network_def#blocks_per_level", "1")
+    assert out.returncode == 0, out.stderr[-2000:]
+    exported = torch.jit.load(ts)
+    eager = load_weights(IUNet(3, 4, 3, channels=4, num_levels=2, blocks_per_level=1, split_fraction=0.25),
+                         str(trained / "models" / "model.pt")).eval()
+    x = torch.randn(1, 4, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), eager(x))
+
+
+def test_load_weights_lists_mismatched_keys(trained):
+    with pytest.raises(ValueError, match="does not match the network.*missing"):
+        load_weights(IUNet(3, 4, 3, channels=4, num_levels=3), str(trained / "models" / "model.pt"))
+
+
+@pytest.mark.slow
+def test_multi_gpu_config_on_two_cpu_processes(dataset, tmp_path):
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", str(port)]
+    output = check(run_bundle(["configs/train.json", "configs/multi_gpu_train.json"], launcher=launcher,
+                              dataset_dir=dataset, bundle_root=tmp_path, **TRAIN_TINY))
+    assert "val_mean_dice" in output
+    last = torch.load(tmp_path / "models" / "last.pt", weights_only=True)
+    assert last["trainer"]["iteration"] == 2  # 3 training cases split over 2 ranks (evenly divisible → 2 each)

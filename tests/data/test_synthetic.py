@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from monai.transforms import LoadImage
+
+from monai_iunet.data.datalist import main as datalist_main
+from monai_iunet.data.datalist import make_datalist
+from monai_iunet.data.dicom_seg import labels_on_series_frames, read_series
+from monai_iunet.data.synthetic import MODALITIES, make_case, write_dataset
+
+
+def test_cases_are_deterministic_and_varied():
+    a, b = (make_case(np.random.default_rng(3), (32, 32, 32)) for _ in range(2))
+    c = make_case(np.random.default_rng(4), (32, 32, 32))
+    for m in MODALITIES:
+        np.testing.assert_array_equal(a.images[m], b.images[m])
+    assert not np.array_equal(a.label, c.label)
+
+
+@pytest.mark.parametrize("et_label", [4, 3])
+def test_tumour_regions_and_contrasts(et_label):
+    case = make_case(np.random.default_rng(0), (48, 48, 48), et_label=et_label)
+    assert set(np.unique(case.label)) == {0, 1, 2, et_label}
+    edema, enhancing, brain = case.label == 2, case.label == et_label, case.images["t1"] > 0.7 * 1000
+    brain &= case.label == 0  # white matter outside the tumour
+    assert case.images["flair"][edema].mean() > 1.5 * case.images["flair"][brain].mean()  # edema bright on FLAIR
+    assert case.images["t2"][edema].mean() > 1.5 * case.images["t2"][brain].mean()
+    assert case.images["t1ce"][enhancing].mean() > 1.5 * case.images["t1"][enhancing].mean()  # enhancing rim
+
+
+def test_2023_naming_and_datalist(tmp_path):
+    write_dataset(tmp_path, cases=3, shape=(16, 16, 16), naming="2023")
+    case_dir = tmp_path / "BraTS-GLI-00001-000"
+    assert sorted(p.name for p in case_dir.iterdir()) == sorted(
+        f"BraTS-GLI-00001-000-{s}.nii.gz" for s in ("t1n", "t1c", "t2w", "t2f", "seg")
+    )
+    assert 3 in np.unique(np.asarray(nib.load(case_dir / "BraTS-GLI-00001-000-seg.nii.gz").dataobj))
+    datalist = make_datalist(tmp_path, val_fraction=0.34)
+    assert len(datalist["training"]) == 2 and len(datalist["validation"]) == 1
+    assert [p.rsplit("-", 1)[1] for p in datalist["training"][0]["image"]] == [
+        "t1n.nii.gz", "t1c.nii.gz", "t2w.nii.gz", "t2f.nii.gz"]  # channel order T1, T1ce, T2, FLAIR
+
+
+def test_datalist_command_and_unlabelled_cases(tmp_path):
+    write_dataset(tmp_path, cases=3, shape=(16, 16, 16))
+    (tmp_path / "BraTS20_Training_003" / "BraTS20_Training_003_seg.nii.gz").unlink()
+    datalist_main(["--dataset-dir", str(tmp_path), "--output", str(tmp_path / "list.json")])
+    datalist = json.loads((tmp_path / "list.json").read_text())
+    assert len(datalist["testing"]) == 1 and "label" not in datalist["testing"][0]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no BraTS cases"):
+        make_datalist(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        make_datalist(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("reader", ["ITKReader", "PydicomReader"])
+def test_dicom_series_matches_nifti(tmp_path, reader):
+    write_dataset(tmp_path, cases=1, shape=(24, 20, 16), spacing=4.0, dicom_cases=1)
+    case = tmp_path / "BraTS20_Training_001"
+    nifti = LoadImage(image_only=True)(case / "BraTS20_Training_001_flair.nii.gz")
+    dicom = LoadImage(reader=reader, image_only=True)(case / "dicom" / "flair")
+    assert dicom.shape == nifti.shape
+    np.testing.assert_allclose(dicom.affine, nifti.affine, atol=1e-3)
+    np.testing.assert_allclose(np.asarray(dicom), np.asarray(nifti), atol=float(nifti.max()) / 4000)
+    series = read_series(case / "dicom" / "flair")
+    assert len({ds.FrameOfReferenceUID for ds in series}) == 1
+    assert {ds.StudyInstanceUID for ds in series} == {ds.StudyInstanceUID for ds in read_series(case / "dicom" / "t1")}
+
+
+def test_labels_on_series_frames_round_trip(tmp_path):
+    write_dataset(tmp_path, cases=1, shape=(24, 20, 16), spacing=4.0, dicom_cases=1)
+    case = tmp_path / "BraTS20_Training_001"
+    label = nib.load(case / "BraTS20_Training_001_seg.nii.gz")
+    frames = labels_on_series_frames(np.asarray(label.dataobj), label.affine, read_series(case / "dicom" / "t1"))
+    # slice k is volume[:, :, k] transposed (rows along j)
+    np.testing.assert_array_equal(frames, np.asarray(label.dataobj).transpose(2, 1, 0))

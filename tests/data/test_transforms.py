@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.transforms import ConvertToMultiChannelBasedOnBratsClassesd
+
+from monai_iunet.handlers import save_atomically
+from monai_iunet.transforms import BratsLabelsFromRegionsd, CaseError, LoadModalitiesd
+
+
+@pytest.mark.parametrize("et_label", [4, 3])
+def test_labels_from_regions_inverts_brats_conversion(et_label):
+    label = torch.from_numpy(np.random.default_rng(0).choice([0, 1, 2, et_label], size=(1, 6, 6, 6)))
+    regions = ConvertToMultiChannelBasedOnBratsClassesd("label", et_label=et_label)({"label": label})["label"]
+    back = BratsLabelsFromRegionsd("label", et_label=et_label)({"label": regions.float()})["label"]
+    torch.testing.assert_close(back, label.to(torch.uint8))
+    with pytest.raises(ValueError, match="et_label"):
+        BratsLabelsFromRegionsd("label", et_label=2)
+
+
+def _write(path, data, affine=np.eye(4)):
+    nib.save(nib.Nifti1Image(data.astype(np.float32), affine), path)
+    return str(path)
+
+
+def test_load_modalities_stacks_and_checks(tmp_path):
+    volume = np.random.default_rng(0).random((8, 8, 8))
+    paths = [_write(tmp_path / f"c_{m}.nii.gz", volume * (i + 1)) for i, m in enumerate(("t1", "t1ce", "t2", "flair"))]
+    image = LoadModalitiesd("image")({"image": paths})["image"]
+    assert image.shape == (4, 8, 8, 8)
+    np.testing.assert_allclose(image[3].numpy(), volume * 4, rtol=1e-6)
+
+    two_channels = _write(tmp_path / "c_two.nii.gz", np.stack([volume, volume], -1))
+    with pytest.raises(CaseError, match="c_two.nii.gz has 2 channels"):
+        LoadModalitiesd("image")({"image": paths[:3] + [two_channels]})
+    shifted = _write(tmp_path / "c_shifted.nii.gz", volume, np.diag([2.0, 2.0, 2.0, 1.0]))
+    with pytest.raises(CaseError, match="different grid"):
+        LoadModalitiesd("image")({"image": [shifted] + paths[1:], "case": "case7"})
+    with pytest.raises(CaseError, match="case case7: expected 4 modalities"):
+        LoadModalitiesd("image")({"image": paths[:2], "case": "case7"})
+
+
+def test_save_atomically_never_leaves_a_truncated_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_atomically({"step": 1}, path)
+
+    def crash(obj, f):
+        f.write(b"partial")
+        raise KeyboardInterrupt  # killed while writing
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomically({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}

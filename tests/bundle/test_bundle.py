@@ -160,3 +160,35 @@ def test_multi_gpu_config_on_two_cpu_processes(dataset, tmp_path):
     assert "val_mean_dice" in output
     last = torch.load(tmp_path / "models" / "last.pt", weights_only=True)
     assert last["trainer"]["iteration"] == 2  # 3 training cases split over 2 ranks (evenly divisible → 2 each)
+
+
+@pytest.mark.skipif(not SCHEMA.is_file(), reason="MONAI metadata schema copy not present")
+def test_model_zoo_checker_steps(tmp_path):
+    """The steps of the model zoo's ``ci/verify_bundle.py -m full``, offline, on a copy laid out as the zoo does:
+    required files, version in changelog, metadata against ``eval/schema.json``, ``verify_net_in_out`` and
+    ``ckpt_export`` with ``bundle_root`` (weights made from the config, as the zoo's CI does)."""
+    import json
+
+    from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
+
+    models = tmp_path / "models"
+    bundle = models / BUNDLE.name
+    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("eval", "*.pt", "*.ts"))
+    (models / "model_info.json").write_text("{}")
+    (bundle / "eval").mkdir()
+    shutil.copy(SCHEMA, bundle / "eval" / "schema.json")
+    parser = ConfigParser()
+    parser.read_config(bundle / "configs" / "inference.json")
+    torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
+
+    for required in ("configs/metadata.json", "LICENSE", "models/model.pt", "configs/inference.json"):
+        assert (bundle / required).is_file(), required
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert metadata["version"] in metadata["changelog"]
+    meta, config = str(bundle / "configs" / "metadata.json"), str(bundle / "configs" / "inference.json")
+    verify_metadata(meta_file=meta, filepath=str(bundle / "eval" / "schema.json"))
+    verify_net_in_out(net_id="network_def", meta_file=meta, config_file=config, bundle_root=str(bundle))
+    ckpt_export(net_id="network_def", filepath=str(bundle / "models" / "verify_model.ts"),
+                ckpt_file=str(bundle / "models" / "model.pt"), meta_file=meta, config_file=config,
+                bundle_root=str(bundle))
+    torch.jit.load(bundle / "models" / "verify_model.ts")

@@ -33,4 +33,5 @@ if __name__ == "__main__":
     net(shard).square().mean().backward()
     if dist.get_rank() == 0:
         torch.save({n: p.grad for n, p in net.module.named_parameters()}, sys.argv[1])
+    dist.barrier()  # tearing gloo down while the other rank is still busy aborts the process
     dist.destroy_process_group()

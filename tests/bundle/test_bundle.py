@@ -179,6 +179,7 @@ def test_model_zoo_checker_steps(tmp_path):
     shutil.copy(SCHEMA, bundle / "eval" / "schema.json")
     parser = ConfigParser()
     parser.read_config(bundle / "configs" / "inference.json")
+    (bundle / "models").mkdir(exist_ok=True)
     torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
 
     for required in ("configs/metadata.json", "LICENSE", "models/model.pt", "configs/inference.json"):

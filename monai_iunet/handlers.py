@@ -1,15 +1,29 @@
-"""Ignite handlers for bundle configs: resumable, atomically written training checkpoints."""
+"""Ignite handlers for bundle configs: resumable atomic checkpoints, non-finite guard, inversion-drift monitor."""
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import torch
 from ignite.engine import Engine, Events
+from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointLoader
+from monai.utils import CommonKeys
 
-__all__ = ["ResumableCheckpoint", "save_atomically"]
+__all__ = ["ResumableCheckpoint", "BestModelSaver", "save_atomically", "NonFiniteGuard", "InversionDriftMonitor", "batch_cases"]
+
+logger = logging.getLogger(__name__)
+
+
+def batch_cases(batch) -> list[str]:
+    """Names of the cases in a collated batch (their first image file), for messages."""
+    image = batch.get("image") if isinstance(batch, dict) else None
+    meta = getattr(image, "meta", {}) or {}
+    names = meta.get("filename_or_obj", [])
+    return [str(n) for n in (names if isinstance(names, (list, tuple)) else [names])]
 
 
 def save_atomically(obj: dict, path: str | Path) -> None:
@@ -73,8 +87,183 @@ class ResumableCheckpoint:
                 )
             CheckpointLoader(str(self.path), objects, map_location=self.map_location).attach(engine)
         if self.save:
+            # Registered when the run starts, i.e. after every other handler, so that a checkpoint holds the state
+            # *after* this epoch's LR-scheduler step and validation.
+            engine.add_event_handler(Events.STARTED, self._register_saving, objects)
+
+    def _register_saving(self, engine: Engine, objects: dict) -> None:
+        if not engine.has_event_handler(self._save, Events.COMPLETED):
             engine.add_event_handler(self.event, self._save, objects)
             engine.add_event_handler(Events.COMPLETED, self._save, objects)
 
     def _save(self, engine: Engine, objects: dict) -> None:
         save_atomically({name: obj.state_dict() for name, obj in objects.items()}, self.path)
+
+
+class BestModelSaver:
+    """Attach to an evaluator: write the network's weights atomically to ``<ckpt_dir>/<filename>`` whenever the key
+    metric improves. Its ``state_dict`` (best value and epoch) goes into :class:`ResumableCheckpoint`, so a resumed
+    run does not overwrite the best model with a worse one.
+
+    Args:
+        ckpt_dir: output folder.
+        network: the network whose ``state_dict`` is saved (DDP's ``.module`` is unwrapped).
+        metric: name of the metric in ``engine.state.metrics`` (default: the evaluator's key metric).
+        filename: file name of the best model.
+        greater_is_better: direction of the metric.
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str,
+        network: torch.nn.Module,
+        metric: str | None = None,
+        filename: str = "model.pt",
+        greater_is_better: bool = True,
+    ) -> None:
+        self.path = Path(ckpt_dir) / filename
+        self.network = network
+        self.metric = metric
+        self.sign = 1.0 if greater_is_better else -1.0
+        self.best = float("-inf")
+        self.best_epoch = -1
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        name = self.metric or engine.state.key_metric_name
+        value = self.sign * float(engine.state.metrics[name])
+        if value > self.best:  # MONAI evaluators run with state.epoch = the trainer's epoch
+            self.best, self.best_epoch = value, engine.state.epoch
+            save_atomically(getattr(self.network, "module", self.network).state_dict(), self.path)
+            logger.info("new best %s %.4f: saved %s", name, self.sign * value, self.path)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
+
+
+class NonFiniteGuard:
+    """Stop (default) or skip a training iteration whose loss or gradients are NaN/Inf, before the optimizer step.
+
+    The check runs after backward: with ``action="raise"`` a ``FloatingPointError`` names the cases of the batch;
+    with ``action="skip"`` the gradients are dropped (the optimizer leaves the weights alone), a warning names the
+    cases and training goes on. Either way the weights are never updated with non-finite values.
+
+    Args:
+        action: ``"raise"`` or ``"skip"``.
+        check_gradients: also check every parameter gradient (catches overflow that leaves the loss finite).
+    """
+
+    def __init__(self, action: str = "raise", check_gradients: bool = True) -> None:
+        if action not in ("raise", "skip"):
+            raise ValueError(f"action must be 'raise' or 'skip', got {action!r}.")
+        self.action = action
+        self.check_gradients = check_gradients
+        self.skipped = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        loss = engine.state.output[CommonKeys.LOSS]
+        params = [p for group in engine.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        finite = bool(torch.isfinite(loss).all())
+        if finite and self.check_gradients:
+            finite = all(bool(torch.isfinite(p.grad).all()) for p in params)
+        if finite:
+            return
+        cases = ", ".join(batch_cases(engine.state.batch)) or "<unknown>"
+        message = (
+            f"non-finite loss or gradients at epoch {engine.state.epoch}, iteration {engine.state.iteration} "
+            f"(loss {float(loss.detach().float().mean())}); cases: {cases}. Check these images for NaN/Inf, lower "
+            "the learning rate, or train in fp32 (amp false)."
+        )
+        if self.action == "raise":
+            raise FloatingPointError(message)
+        for p in params:
+            p.grad = None
+        self.skipped += 1
+        logger.warning("skipping the optimizer step: %s", message)
+
+
+class InversionDriftMonitor:
+    """Every ``interval`` iterations, reconstruct the invertible core's input from its output on the current batch
+    and log the relative error ``‖core⁻¹(core(h)) − h‖ / ‖h‖`` (logger, ``engine.state.metrics``, TensorBoard).
+
+    The memory-efficient gradients are exact only while inversion is accurate. Above ``threshold`` a warning says
+    what to do: keep the invertible state in fp32 (the default, also under autocast), lower the learning rate,
+    keep the couplings normalised (layer/group norm), or train with ``memory_efficient=False`` for a while.
+
+    Args:
+        network: the ``IUNet`` (or a module wrapping it as ``.module``, e.g. DDP).
+        interval: check every this many iterations.
+        threshold: relative error above which a warning is issued.
+        log_dir: TensorBoard folder (optional); the value is logged under ``tag``.
+        tag: metric name.
+        image_key: batch key of the network input.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        interval: int = 100,
+        threshold: float = 1e-3,
+        log_dir: str | None = None,
+        tag: str = "inversion_error",
+        image_key: str = "image",
+    ) -> None:
+        if interval < 1:
+            raise ValueError(f"interval must be at least 1, got {interval}.")
+        self.network = getattr(network, "module", network)
+        if not hasattr(self.network, "core") or not hasattr(self.network, "lift"):
+            raise ValueError(f"network must be an IUNet (with .lift and .core), got {type(self.network).__name__}.")
+        self.interval = interval
+        self.threshold = threshold
+        self.tag = tag
+        self.image_key = image_key
+        self.log_dir = log_dir
+        self._writer = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
+
+    @torch.no_grad()
+    def error(self, image: torch.Tensor) -> float:
+        """The relative reconstruction error of the core on ``image`` (a network input batch)."""
+        net = self.network
+        training = net.training
+        net.eval()  # no running-statistics updates from the check
+        try:
+            h = net.lift(image.to(next(net.parameters()).device)).float()
+            spatial = [n - n % s for n, s in zip(h.shape[2:], net.total_stride)]
+            h = h[(slice(None), slice(None), *[slice(0, n) for n in spatial])]
+            reconstruction = net.core.inverse(net.core(h))
+            return float((reconstruction - h).norm() / h.norm().clamp_min(1e-12))
+        finally:
+            net.train(training)
+
+    def __call__(self, engine: Engine) -> None:
+        batch = engine.state.batch
+        image = batch[self.image_key] if isinstance(batch, dict) else batch[0]
+        value = self.error(torch.as_tensor(image))
+        engine.state.metrics[self.tag] = value
+        logger.info("iteration %d: %s %.3e", engine.state.iteration, self.tag, value)
+        if self.log_dir is not None:
+            if self._writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(log_dir=self.log_dir)
+            self._writer.add_scalar(self.tag, value, engine.state.iteration)
+            self._writer.flush()
+        if value > self.threshold:
+            message = (
+                f"{self.tag} {value:.2e} > {self.threshold:.0e} at iteration {engine.state.iteration}: the "
+                "memory-efficient gradients are only as accurate as the inversion. Keep the invertible state in fp32, "
+                "lower the learning rate, keep normalisation in the couplings, or set memory_efficient=False."
+            )
+            logger.warning(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)

@@ -38,6 +38,7 @@ class LoadModalitiesd(MapTransform):
         modalities: names of the expected modalities in channel order, used in messages and to check the count.
         reader: MONAI image reader (name or instance), e.g. ``"ITKReader"``; default picks by file type.
         atol: tolerance (mm) when comparing the modalities' affines.
+        check_finite: raise when an image holds NaN or Inf voxels.
     """
 
     def __init__(
@@ -46,9 +47,11 @@ class LoadModalitiesd(MapTransform):
         modalities: Sequence[str] = BRATS_MODALITIES,
         reader=None,
         atol: float = 1e-3,
+        check_finite: bool = True,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.check_finite = check_finite
         self.modalities = tuple(modalities)
         self.loader = LoadImage(reader=reader, image_only=True, ensure_channel_first=True)
         self.atol = atol
@@ -60,9 +63,14 @@ class LoadModalitiesd(MapTransform):
         if file.is_dir() and not any(p.is_file() for p in file.iterdir()):
             raise CaseError(f"case {case}: {modality} DICOM folder {file} is empty.")
         try:
-            return self.loader(str(file))
+            image = self.loader(str(file))
         except Exception as error:  # readers raise many types; name the file whatever they raise
             raise CaseError(f"case {case}: cannot read {modality} file {file} ({type(error).__name__}: {error})") from error
+        if self.check_finite:
+            bad = int((~torch.isfinite(torch.as_tensor(image))).sum())
+            if bad:
+                raise CaseError(f"case {case}: {modality} file {file} has {bad} NaN/Inf voxel(s).")
+        return image
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)

@@ -18,12 +18,21 @@ __all__ = ["ResumableCheckpoint", "BestModelSaver", "save_atomically", "NonFinit
 logger = logging.getLogger(__name__)
 
 
+def _batch_dicts(batch) -> list[dict]:
+    """A batch as a list of dicts: MONAI engines decollate ``state.batch`` into per-sample dicts, and crops with
+    ``num_samples`` collate to a list of dicts."""
+    if isinstance(batch, dict):
+        return [batch]
+    return [b for b in batch if isinstance(b, dict)] if isinstance(batch, (list, tuple)) else []
+
+
 def batch_cases(batch) -> list[str]:
     """Names of the cases in a collated batch (their first image file), for messages."""
-    image = batch.get("image") if isinstance(batch, dict) else None
-    meta = getattr(image, "meta", {}) or {}
-    names = meta.get("filename_or_obj", [])
-    return [str(n) for n in (names if isinstance(names, (list, tuple)) else [names])]
+    names: list[str] = []
+    for item in _batch_dicts(batch):
+        found = (getattr(item.get("image"), "meta", None) or {}).get("filename_or_obj", [])
+        names += [str(n) for n in (found if isinstance(found, (list, tuple)) else [found])]
+    return list(dict.fromkeys(names))
 
 
 def save_atomically(obj: dict, path: str | Path) -> None:
@@ -192,7 +201,7 @@ class NonFiniteGuard:
 
 class InversionDriftMonitor:
     """Every ``interval`` iterations, reconstruct the invertible core's input from its output on the current batch
-    and log the relative error ``‖core⁻¹(core(h)) − h‖ / ‖h‖`` (logger, ``engine.state.metrics``, TensorBoard).
+    and log the relative error ``‖core⁻¹(core(h)) − h‖ / ‖h‖`` (logger, TensorBoard, ``engine.state.<tag>``).
 
     The memory-efficient gradients are exact only while inversion is accurate. Above ``threshold`` a warning says
     what to do: keep the invertible state in fp32 (the default, also under autocast), lower the learning rate,
@@ -247,10 +256,14 @@ class InversionDriftMonitor:
             net.train(training)
 
     def __call__(self, engine: Engine) -> None:
-        batch = engine.state.batch
-        image = batch[self.image_key] if isinstance(batch, dict) else batch[0]
-        value = self.error(torch.as_tensor(image))
-        engine.state.metrics[self.tag] = value
+        dicts = _batch_dicts(engine.state.batch)
+        if not dicts or self.image_key not in dicts[0]:
+            raise ValueError(f"InversionDriftMonitor: the batch has no '{self.image_key}' entry; set image_key.")
+        image = torch.as_tensor(dicts[0][self.image_key])
+        if image.dim() == self.network.spatial_dims + 1:  # engines decollate state.batch into single samples
+            image = image[None]
+        value = self.error(image)
+        setattr(engine.state, self.tag, value)  # not in state.metrics: StatsHandler would print it as 0.0000
         logger.info("iteration %d: %s %.3e", engine.state.iteration, self.tag, value)
         if self.log_dir is not None:
             if self._writer is None:

@@ -128,3 +128,19 @@ def test_best_model_saver_keeps_the_best_across_a_restart(tmp_path):
     restarted(engine)  # worse than the best before the restart: model.pt untouched
     saved = torch.load(tmp_path / "model.pt", weights_only=True)
     torch.testing.assert_close(saved["weight"], torch.full((2, 2), 0.7))
+
+
+@pytest.mark.parametrize("action", ["raise", "skip"])
+def test_bundle_non_finite_setting_reaches_loader_and_guard(action):
+    from monai.bundle import ConfigParser
+
+    from ..bundle.conftest import BUNDLE
+
+    parser = ConfigParser()
+    parser.read_config(BUNDLE / "configs" / "train.json")
+    parser["non_finite"] = action
+    loader = parser.get_parsed_content("load_transforms#0")
+    guard = parser.get_parsed_content("train#handlers#3")
+    assert isinstance(guard, NonFiniteGuard) and guard.action == action
+    # "skip": NaN volumes pass the loader and the guard skips their optimizer step with a warning.
+    assert loader.check_finite == (action == "raise")

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import settings
+
+from monai_iunet.data.datalist import write_datalist
+from monai_iunet.data.synthetic import write_dataset
 
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True)
 settings.register_profile("dev", max_examples=25, deadline=None)
@@ -29,3 +33,14 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory) -> Path:
+    """5 synthetic BraTS cases of 32³ (case 1 also as DICOM): 3 for training, 2 for validation."""
+    root = tmp_path_factory.mktemp("brats")
+    write_dataset(root, cases=5, shape=(32, 32, 32), spacing=6.0, dicom_cases=1, seed=1)
+    # 2 validation cases, so that a 2-rank run has one on each rank.
+    datalist = write_datalist(root, root / "datalist.json", val_fraction=0.4)
+    assert len(datalist["training"]) == 3 and len(datalist["validation"]) == 2
+    return root

@@ -2,3 +2,13 @@
 
 from .accounting import SavedTensorBytes
 from .reversible import Concat, Program, Split, flatten_program, run_memory_efficient, run_program
+
+__all__ = [
+    "SavedTensorBytes",
+    "Concat",
+    "Program",
+    "Split",
+    "flatten_program",
+    "run_memory_efficient",
+    "run_program",
+]

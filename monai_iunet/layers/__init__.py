@@ -4,3 +4,19 @@ from .base import InvertibleIdentity, InvertibleModule, InvertibleSequential
 from .coupling import AdditiveCoupling, AffineCoupling
 from .orthogonal import ORTHOGONAL_METHODS, OrthogonalMatrix, haar_matrix, orthogonal_map, random_orthogonal
 from .resampling import InvertibleChannelMixing, OrthogonalDownsampling, OrthogonalUpsampling
+
+__all__ = [
+    "InvertibleIdentity",
+    "InvertibleModule",
+    "InvertibleSequential",
+    "AdditiveCoupling",
+    "AffineCoupling",
+    "ORTHOGONAL_METHODS",
+    "OrthogonalMatrix",
+    "haar_matrix",
+    "orthogonal_map",
+    "random_orthogonal",
+    "InvertibleChannelMixing",
+    "OrthogonalDownsampling",
+    "OrthogonalUpsampling",
+]

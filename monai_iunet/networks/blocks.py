@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from torch import nn
-
 from monai.networks.layers.factories import Conv
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
+from torch import nn
 
 from ..layers.base import InvertibleModule
 from ..layers.coupling import AdditiveCoupling, AffineCoupling

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from monai.networks.layers.factories import Conv
+from torch import Tensor, nn
 
 from .invertible_unet import InvertibleUNet
 

@@ -7,9 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from monai_iunet.data.datalist import write_datalist
-from monai_iunet.data.synthetic import write_dataset
-
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
 SCHEMA = ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"
@@ -37,16 +34,6 @@ def check(result) -> str:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     return output
-
-
-@pytest.fixture(scope="session")
-def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("brats")
-    write_dataset(root, cases=5, shape=(32, 32, 32), spacing=6.0, dicom_cases=1, seed=1)
-    # 2 validation cases, so that a 2-rank run has one on each rank.
-    datalist = write_datalist(root, root / "datalist.json", val_fraction=0.4)
-    assert len(datalist["training"]) == 3 and len(datalist["validation"]) == 2
-    return root
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import torch
 from torch.autograd import gradcheck
 from torch.func import functional_call
 
-from monai_iunet import IUNet, InvertibleUNet, SavedTensorBytes
+from monai_iunet import InvertibleUNet, IUNet, SavedTensorBytes
 from monai_iunet.engine import reversible
 
 from ..conftest import perturb, relative_error

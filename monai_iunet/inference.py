@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,11 +25,14 @@ def case_name(item: dict) -> str:
     """``item["case"]`` or the folder that holds all of the case's images (skipping a ``dicom`` folder level)."""
     if "case" in item:
         return str(item["case"])
-    paths = [Path(str(p)) for p in (item["image"] if isinstance(item["image"], (list, tuple)) else [item["image"]])]
-    folder = Path(*[part for part, *rest in zip(*(p.parts for p in paths)) if all(r == part for r in rest)])
+    paths = [str(p) for p in (item["image"] if isinstance(item["image"], (list, tuple)) else [item["image"]])]
+    try:
+        folder = Path(os.path.commonpath(paths)) if len(paths) > 1 else Path(paths[0]).parent
+    except ValueError:  # a mix of absolute and relative paths
+        folder = Path(paths[0]).parent
     if folder.name.lower() == "dicom":
         folder = folder.parent
-    return folder.name or paths[0].stem
+    return folder.name or Path(paths[0]).stem
 
 
 def describe_error(error: BaseException) -> str:

@@ -193,3 +193,18 @@ def test_model_zoo_checker_steps(tmp_path):
                 ckpt_file=str(bundle / "models" / "model.pt"), meta_file=meta, config_file=config,
                 bundle_root=str(bundle))
     torch.jit.load(bundle / "models" / "verify_model.ts")
+
+
+@pytest.mark.parametrize(
+    "item,expected",
+    [
+        ({"image": ["/d/BraTS20_001/BraTS20_001_t1.nii.gz", "/d/BraTS20_001/BraTS20_001_t2.nii.gz"]}, "BraTS20_001"),
+        ({"image": ["/d/case9/dicom/t1", "/d/case9/dicom/t2"]}, "case9"),
+        ({"image": ["/d/case9/t1.nii.gz"]}, "case9"),
+        ({"case": "named", "image": ["/x/t1.nii.gz"]}, "named"),
+    ],
+)
+def test_case_names(item, expected):
+    from monai_iunet.inference import case_name
+
+    assert case_name(item) == expected

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -14,25 +13,11 @@ from monai.transforms import SaveImage
 from tqdm import tqdm
 
 from .data.dicom_seg import write_dicom_seg
-from .transforms import CaseError
+from .transforms import CaseError, case_name
 
 __all__ = ["BatchSegmentation", "case_name", "describe_error"]
 
 logger = logging.getLogger(__name__)
-
-
-def case_name(item: dict) -> str:
-    """``item["case"]`` or the folder that holds all of the case's images (skipping a ``dicom`` folder level)."""
-    if "case" in item:
-        return str(item["case"])
-    paths = [str(p) for p in (item["image"] if isinstance(item["image"], (list, tuple)) else [item["image"]])]
-    try:
-        folder = Path(os.path.commonpath(paths)) if len(paths) > 1 else Path(paths[0]).parent
-    except ValueError:  # a mix of absolute and relative paths
-        folder = Path(paths[0]).parent
-    if folder.name.lower() == "dicom":
-        folder = folder.parent
-    return folder.name or Path(paths[0]).stem
 
 
 def describe_error(error: BaseException) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
@@ -11,19 +12,29 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform
 
-__all__ = ["LoadModalitiesd", "BratsLabelsFromRegionsd", "CaseError"]
+from .data.synthetic import MODALITIES as BRATS_MODALITIES
 
-BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
+__all__ = ["LoadModalitiesd", "BratsLabelsFromRegionsd", "CaseError", "case_name"]
 
 
 class CaseError(ValueError):
     """A case that cannot be used; the message names the case and the file."""
 
 
-def _case_name(paths: Sequence[str], data: Mapping) -> str:
-    if "case" in data:
-        return str(data["case"])
-    return Path(str(paths[0])).parent.name if paths else "<unnamed>"
+def case_name(item: Mapping, key: str = "image") -> str:
+    """``item["case"]`` or the folder that holds all of the case's images (skipping a ``dicom`` folder level)."""
+    if "case" in item:
+        return str(item["case"])
+    paths = [str(p) for p in (item[key] if isinstance(item[key], (list, tuple)) else [item[key]])]
+    if not paths:
+        return "<unnamed>"
+    try:
+        folder = Path(os.path.commonpath(paths)) if len(paths) > 1 else Path(paths[0]).parent
+    except ValueError:  # a mix of absolute and relative paths
+        folder = Path(paths[0]).parent
+    if folder.name.lower() == "dicom":
+        folder = folder.parent
+    return folder.name or Path(paths[0]).stem
 
 
 class LoadModalitiesd(MapTransform):
@@ -76,7 +87,7 @@ class LoadModalitiesd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             paths = [str(p) for p in (d[key] if isinstance(d[key], (list, tuple)) else [d[key]])]
-            case = _case_name(paths, d)
+            case = case_name(d, key)
             if len(paths) != len(self.modalities):
                 raise CaseError(
                     f"case {case}: expected {len(self.modalities)} modalities {list(self.modalities)} in '{key}', "

@@ -205,6 +205,6 @@ def test_model_zoo_checker_steps(tmp_path):
     ],
 )
 def test_case_names(item, expected):
-    from monai_iunet.inference import case_name
+    from monai_iunet.transforms import case_name
 
     assert case_name(item) == expected

@@ -17,13 +17,13 @@ so ``torch.autograd.grad``, gradient accumulation, hooks and DistributedDataPara
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import NamedTuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from ..layers.base import InvertibleModule, InvertibleSequential
+from ..layers.base import InvertibleModule, InvertibleSequential, autocast_state
 
 __all__ = ["Split", "Concat", "Program", "flatten_program", "run_program", "run_memory_efficient"]
 
@@ -131,7 +131,7 @@ class _MemoryEfficientFunction(torch.autograd.Function):
         ctx.program = program
         ctx.owners = owners
         ctx.device_type = x.device.type
-        ctx.autocast = (torch.is_autocast_enabled(x.device.type), torch.get_autocast_dtype(x.device.type))
+        ctx.autocast = autocast_state(x.device.type)
         y = run_program(program, x)
         # Saving the parameters (no copy) lets autograd detect an in-place update between forward and backward.
         ctx.save_for_backward(y, *params)
@@ -143,7 +143,7 @@ class _MemoryEfficientFunction(torch.autograd.Function):
         y, *params = ctx.saved_tensors
         enabled, dtype = ctx.autocast
         with (
-            torch.autocast(ctx.device_type, dtype=dtype, enabled=enabled),
+            torch.autocast(ctx.device_type, dtype=dtype) if enabled else nullcontext(),
             _running_stats_frozen(ctx.program),
             _parameters_bound(ctx.owners, params),
         ):

@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["InvertibleModule", "InvertibleIdentity", "InvertibleSequential", "trainable_parameters"]
+__all__ = [
+    "InvertibleModule", "InvertibleIdentity", "InvertibleSequential", "trainable_parameters", "autocast_state",
+    "autocast_disabled",
+]
+
+
+def autocast_state(device_type: str) -> tuple[bool, torch.dtype | None]:
+    """(enabled, dtype) of autocast for ``device_type``; (False, None) on devices without autocast (``meta``, which
+    the memory planner runs on)."""
+    try:
+        return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+    except RuntimeError:
+        return False, None
+
+
+def autocast_disabled(device_type: str) -> contextlib.AbstractContextManager:
+    """A context with autocast off for ``device_type`` (nothing to switch off on devices without autocast)."""
+    if autocast_state(device_type)[1] is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False)
 
 
 def trainable_parameters(module: nn.Module) -> list[Tensor]:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .base import InvertibleModule
+from .base import InvertibleModule, autocast_disabled
 from .orthogonal import OrthogonalMatrix, haar_matrix, random_orthogonal
 
 __all__ = ["OrthogonalDownsampling", "OrthogonalUpsampling", "InvertibleChannelMixing", "as_strides"]
@@ -114,7 +114,7 @@ class _OrthogonalConv(InvertibleModule):
 
     @torch.jit.unused
     def _run_without_autocast(self, x: Tensor, transposed: bool) -> Tensor:
-        with torch.autocast(x.device.type, enabled=False):
+        with autocast_disabled(x.device.type):
             return self._synthesis(x) if transposed else self._analysis(x)
 
 

@@ -23,8 +23,13 @@ def coupling_subnet(
     norm: tuple | str = ("group", {"num_groups": 1}),
     act: tuple | str = ("leakyrelu", {"negative_slope": 0.01}),
     zero_init: bool = True,
+    adn_ordering: str = "NA",
 ) -> nn.Sequential:
-    """``num_convs`` × (conv → norm → act), without the last act: the sub-network ``f`` or ``g`` of a coupling.
+    """``num_convs`` × (conv → norm → act): the sub-network ``f`` or ``g`` of a coupling.
+
+    ``adn_ordering`` is the order of norm (``N``) and activation (``A``) after each conv, as in MONAI's ``ADN``:
+    ``"NA"`` (default) or ``"AN"`` (the reference iunets block: conv → LeakyReLU → GroupNorm). The sub-network
+    always ends at its last norm, so with ``"NA"`` the final activation is left out.
 
     With ``zero_init`` the last layer with a weight (the final norm's affine weight, or the final conv when the
     norm has no affine part) and its bias start at zero, so the sub-network outputs 0 and the coupling is the
@@ -34,13 +39,17 @@ def coupling_subnet(
         raise ValueError(f"num_convs must be at least 1, got {num_convs}.")
     if kernel_size % 2 != 1:
         raise ValueError(f"kernel_size must be odd (same-size convolution), got {kernel_size}.")
+    if adn_ordering not in ("NA", "AN"):
+        raise ValueError(f"adn_ordering must be 'NA' or 'AN', got {adn_ordering!r}.")
     layers: list[nn.Module] = []
     channels = in_channels
     for i in range(num_convs):
         layers.append(Conv[Conv.CONV, spatial_dims](channels, out_channels, kernel_size, padding=kernel_size // 2))
-        layers.append(get_norm_layer(norm, spatial_dims, out_channels))
-        if i < num_convs - 1:
-            layers.append(get_act_layer(act))
+        for kind in adn_ordering:
+            if kind == "N":
+                layers.append(get_norm_layer(norm, spatial_dims, out_channels))
+            elif i < num_convs - 1 or adn_ordering == "AN":
+                layers.append(get_act_layer(act))
         channels = out_channels
     subnet = nn.Sequential(*layers)
     if zero_init:

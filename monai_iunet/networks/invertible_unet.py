@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..engine.reversible import Concat, Program, Split, run_memory_efficient
-from ..layers.base import InvertibleIdentity, InvertibleModule, InvertibleSequential
+from ..layers.base import InvertibleIdentity, InvertibleModule, InvertibleSequential, autocast_state
 from ..layers.resampling import InvertibleChannelMixing, OrthogonalDownsampling, OrthogonalUpsampling, as_strides
 from .blocks import coupling_block
 
@@ -66,6 +66,8 @@ class InvertibleUNet(InvertibleModule):
         kernel_size: kernel size of those convolutions.
         norm: MONAI norm spec for the sub-networks (default layer norm, ``("group", {"num_groups": 1})``).
         act: MONAI activation spec for the sub-networks.
+        adn_ordering: order of norm and activation after each sub-network conv, ``"NA"`` or ``"AN"`` (see
+            :func:`~monai_iunet.networks.blocks.coupling_subnet`).
         zero_init: zero-initialise the final norm of each sub-network, making the whole core the identity at init.
         resampling_method: orthogonal parametrisation of the resampling, ``"exp"``, ``"cayley"``, ``"householder"``.
         resampling_init: ``"haar"``, ``"pixel_shuffle"`` or ``"random"`` (each upsampling starts as the exact
@@ -90,6 +92,7 @@ class InvertibleUNet(InvertibleModule):
         kernel_size: int = 3,
         norm: tuple | str = ("group", {"num_groups": 1}),
         act: tuple | str = ("leakyrelu", {"negative_slope": 0.01}),
+        adn_ordering: str = "NA",
         zero_init: bool = True,
         resampling_method: str = "exp",
         resampling_init: str = "haar",
@@ -141,7 +144,10 @@ class InvertibleUNet(InvertibleModule):
         self.skip_channels = skip_channels
         self.level_strides = [list(s) for s in strides_per_level]
         self.total_stride = [math.prod(axis) for axis in zip(*strides_per_level)] or [1] * spatial_dims
-        subnet = dict(num_convs=subnet_convs, kernel_size=kernel_size, norm=norm, act=act, zero_init=zero_init)
+        subnet = dict(
+            num_convs=subnet_convs, kernel_size=kernel_size, norm=norm, act=act, adn_ordering=adn_ordering,
+            zero_init=zero_init,
+        )
 
         def stage(level: int) -> InvertibleSequential:
             return InvertibleSequential(
@@ -218,7 +224,7 @@ class InvertibleUNet(InvertibleModule):
 
     @torch.jit.unused
     def _forward_eager(self, x: Tensor) -> Tensor:
-        if torch.is_autocast_enabled(x.device.type) and x.dtype in (torch.float16, torch.bfloat16):
+        if autocast_state(x.device.type)[0] and x.dtype in (torch.float16, torch.bfloat16):
             x = x.float()  # the invertible state stays fp32 under autocast so that reconstruction is accurate
         if self.memory_efficient and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             return run_memory_efficient(self.program(), x)

@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from monai_iunet import InvertibleUNet
+from monai_iunet.networks.blocks import coupling_subnet
 
 from ..conftest import perturb
 
@@ -20,6 +21,8 @@ CORE_CASES = [
      (1, 4, 4, 4)),
     (dict(spatial_dims=3, channels=4, num_levels=2, resampling_method="cayley", resampling_init="pixel_shuffle"),
      (1, 4, 4, 4, 4)),
+    # the reference iunets block: conv → LeakyReLU → GroupNorm(1)
+    (dict(spatial_dims=3, channels=4, num_levels=2, subnet_convs=1, adn_ordering="AN"), (1, 4, 4, 4, 4)),
 ]
 
 
@@ -88,6 +91,7 @@ def test_invertibility_over_dims_strides_channels(case, method):
         (dict(spatial_dims=2, channels=4, num_levels=2, strides=1), "downsample"),
         (dict(spatial_dims=2, channels=4, num_levels=2, split_fraction=1.0), "split_fraction"),
         (dict(spatial_dims=2, channels=4, num_levels=2, coupling="glow"), "coupling"),
+        (dict(spatial_dims=2, channels=4, num_levels=2, adn_ordering="NDA"), "adn_ordering"),
     ],
 )
 def test_impossible_configurations_raise_at_construction(kwargs, match):
@@ -101,3 +105,18 @@ def test_bad_input_shapes():
         core(torch.randn(1, 4, 6, 8))
     with pytest.raises(ValueError, match="4 channels"):
         core(torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize(
+    "ordering,num_convs,layers",
+    [
+        ("NA", 1, ["Conv2d", "GroupNorm"]),
+        ("NA", 2, ["Conv2d", "GroupNorm", "LeakyReLU", "Conv2d", "GroupNorm"]),
+        ("AN", 1, ["Conv2d", "LeakyReLU", "GroupNorm"]),
+        ("AN", 2, ["Conv2d", "LeakyReLU", "GroupNorm", "Conv2d", "LeakyReLU", "GroupNorm"]),
+    ],
+)
+def test_subnet_layer_order_ends_at_the_zero_initialised_norm(ordering, num_convs, layers):
+    subnet = coupling_subnet(2, 3, 5, num_convs=num_convs, adn_ordering=ordering)
+    assert [type(m).__name__ for m in subnet] == layers
+    assert subnet[-1].weight.abs().sum() == 0 and subnet(torch.randn(1, 3, 4, 4)).abs().max() == 0

@@ -32,7 +32,7 @@ SWEEPS = {
     # name: (swept key, values, networks)
     "depth": ("blocks", [1, 2, 4, 8], ["iunet", "iunet-plain", "iunet-refblock", "iunets-ref", "unet", "checkpoint-unet"]),
     "size": ("size", [32, 48, 64, 96], ALL),
-    "width": ("width", [8, 16, 32], ["iunet", "iunet-plain", "iunets-ref", "unet", "segresnet"]),
+    "width": ("width", [8, 16, 32], ["iunet", "iunet-plain", "unet", "segresnet"]),
     "levels": ("levels", [3, 4, 5, 6], ["iunet", "iunet-plain", "unet"]),
 }
 LABELS = {

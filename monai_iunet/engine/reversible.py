@@ -82,6 +82,7 @@ def _invert_program(program: Program, y: Tensor, grad_y: Tensor) -> tuple[Tensor
         elif isinstance(step, Split):
             skip, grad_skip = stack.pop()
             y, grad_y = torch.cat([skip, y], dim=1), torch.cat([grad_skip, grad_y], dim=1)
+            del skip, grad_skip  # the skip views keep their whole storage alive: drop them now, not at return
         else:
             y, grad_y, grads = step.invert_and_backward(y, grad_y)
             for param, grad in grads.items():

@@ -47,24 +47,38 @@ class AdditiveCoupling(_Coupling):
 
     def invert_and_backward(self, y: Tensor, grad_y: Tensor) -> tuple[Tensor, Tensor, dict[Tensor, Tensor]]:
         # RevNet-style fusion: the activations needed to backpropagate through g and f are exactly the ones
-        # computed while inverting, so each sub-network runs forward once (with grad) instead of twice.
-        y1, y2 = y[:, : self.split].detach(), y[:, self.split :].detach()
-        grad_y1, grad_y2 = grad_y[:, : self.split], grad_y[:, self.split :]
+        # computed while inverting, so each sub-network runs forward once (with grad) instead of twice. The halves
+        # of x and of its gradient are written straight into their final tensors: no concatenation copies at the
+        # point where backward needs the most memory.
+        s = self.split
+        y1, y2 = y[:, :s].detach(), y[:, s:].detach()
+        grad_y1, grad_y2 = grad_y[:, :s], grad_y[:, s:]
+        x, grad_x = torch.empty_like(y), torch.empty_like(grad_y)
         g_params, f_params = trainable_parameters(self.g), trainable_parameters(self.f)
         with torch.enable_grad():
             y1.requires_grad_(True)
             g_out = self.g(y1)
         grads = torch.autograd.grad(g_out, [y1, *g_params], grad_y2.to(g_out.dtype), allow_unused=True)
-        grad_x1 = grad_y1 + grads[0] if grads[0] is not None else grad_y1
+        _add(grad_y1, grads[0], out=grad_x[:, :s])
         param_grads = dict(zip(g_params, grads[1:]))
-        x2 = (y2 - g_out.detach()).requires_grad_(True)
+        torch.sub(y2, g_out.detach(), out=x[:, s:])
+        del g_out, grads
+        x2 = x[:, s:].detach().requires_grad_(True)
         with torch.enable_grad():
             f_out = self.f(x2)
-        grads = torch.autograd.grad(f_out, [x2, *f_params], grad_x1.to(f_out.dtype), allow_unused=True)
-        grad_x2 = grad_y2 + grads[0] if grads[0] is not None else grad_y2
+        grads = torch.autograd.grad(f_out, [x2, *f_params], grad_x[:, :s].to(f_out.dtype), allow_unused=True)
+        _add(grad_y2, grads[0], out=grad_x[:, s:])
         param_grads.update(zip(f_params, grads[1:]))
-        x1 = y1.detach() - f_out.detach()
-        return torch.cat([x1, x2.detach()], dim=1), torch.cat([grad_x1, grad_x2], dim=1), param_grads
+        torch.sub(y1.detach(), f_out.detach(), out=x[:, :s])
+        return x, grad_x, param_grads
+
+
+def _add(a: Tensor, b: Tensor | None, out: Tensor) -> None:
+    """``out = a + b`` (``b`` None: unused input, no gradient)."""
+    if b is None:
+        out.copy_(a)
+    else:
+        torch.add(a, b, out=out)
 
 
 class AffineCoupling(_Coupling):

@@ -32,7 +32,7 @@ SWEEPS = {
     # name: (swept key, values, networks)
     "depth": ("blocks", [1, 2, 4, 8], ["iunet", "iunet-plain", "iunet-refblock", "iunets-ref", "unet", "checkpoint-unet"]),
     "size": ("size", [32, 48, 64, 96], ALL),
-    "width": ("width", [8, 16, 32], ["iunet", "iunet-plain", "unet", "segresnet"]),
+    "width": ("width", [8, 16, 32], ["iunet", "iunet-plain", "iunets-ref", "unet", "segresnet"]),
     "levels": ("levels", [3, 4, 5, 6], ["iunet", "iunet-plain", "unet"]),
 }
 LABELS = {
@@ -230,7 +230,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweeps", nargs="+", default=list(SWEEPS), choices=list(SWEEPS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--steps", type=int, default=3, help="training steps per case (the first is warm-up)")
+    parser.add_argument("--steps", type=int, default=4, help="training steps per case (the first is warm-up)")
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks"))
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()

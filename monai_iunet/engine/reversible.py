@@ -74,6 +74,9 @@ def _invert_program(program: Program, y: Tensor, grad_y: Tensor) -> tuple[Tensor
     """Walk the program backwards from its output: reconstruct inputs, return the input and parameter gradients."""
     stack: list[tuple[Tensor, Tensor]] = []
     param_grads: dict[Tensor, Tensor] = {}
+    # The program's output is also saved elsewhere (the next layer's backward) and autograd owns its gradient; every
+    # later pair was made here, so layers may overwrite it.
+    owned = False
     for step in reversed(program):
         if isinstance(step, Concat):
             n = step.skip_channels
@@ -83,12 +86,21 @@ def _invert_program(program: Program, y: Tensor, grad_y: Tensor) -> tuple[Tensor
             skip, grad_skip = stack.pop()
             y, grad_y = torch.cat([skip, y], dim=1), torch.cat([grad_skip, grad_y], dim=1)
             del skip, grad_skip  # the skip views keep their whole storage alive: drop them now, not at return
+            owned = True
         else:
-            y, grad_y, grads = step.invert_and_backward(y, grad_y)
+            x, grad_x, grads = step.invert_and_backward(y, grad_y, overwrite=owned)
+            # a layer may hand back its input's memory (an identity does): that stays as owned as it was
+            owned = owned or not (_same_memory(x, y) or _same_memory(grad_x, grad_y))
+            y, grad_y = x, grad_x
+            del x, grad_x
             for param, grad in grads.items():
                 if grad is not None:
                     param_grads[param] = grad if param not in param_grads else param_grads[param] + grad
     return grad_y, param_grads
+
+
+def _same_memory(a: Tensor, b: Tensor) -> bool:
+    return a.untyped_storage() is b.untyped_storage()  # storages keep one Python object each
 
 
 @contextmanager

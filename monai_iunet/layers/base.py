@@ -40,13 +40,16 @@ class InvertibleModule(nn.Module):
     (:mod:`monai_iunet.engine`) calls during backward: given the layer's output and the gradient w.r.t. it, return the
     reconstructed input, the gradient w.r.t. the input and the gradients of the layer's trainable parameters. The
     default inverts and then recomputes the forward locally; layers that can fuse both (additive coupling) override
-    it.
+    it. ``overwrite=True`` tells the layer that nobody else holds ``y`` and ``grad_y`` (the engine made them), so it
+    may reuse their memory for the results.
     """
 
     def inverse(self, y: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def invert_and_backward(self, y: Tensor, grad_y: Tensor) -> tuple[Tensor, Tensor, dict[Tensor, Tensor]]:
+    def invert_and_backward(
+        self, y: Tensor, grad_y: Tensor, overwrite: bool = False
+    ) -> tuple[Tensor, Tensor, dict[Tensor, Tensor]]:
         with torch.no_grad():
             x = self.inverse(y)
         x = x.detach().requires_grad_(True)

@@ -45,15 +45,18 @@ class AdditiveCoupling(_Coupling):
         x1 = y1 - self.f(x2)
         return torch.cat([x1, x2], dim=1)
 
-    def invert_and_backward(self, y: Tensor, grad_y: Tensor) -> tuple[Tensor, Tensor, dict[Tensor, Tensor]]:
+    def invert_and_backward(
+        self, y: Tensor, grad_y: Tensor, overwrite: bool = False
+    ) -> tuple[Tensor, Tensor, dict[Tensor, Tensor]]:
         # RevNet-style fusion: the activations needed to backpropagate through g and f are exactly the ones
         # computed while inverting, so each sub-network runs forward once (with grad) instead of twice. The halves
-        # of x and of its gradient are written straight into their final tensors: no concatenation copies at the
-        # point where backward needs the most memory.
+        # of x and of its gradient are written straight into their final tensors (with ``overwrite``, into y and
+        # grad_y themselves: each half is overwritten only after its last use), so backward allocates no
+        # full-size tensor at the point where it needs the most memory.
         s = self.split
         y1, y2 = y[:, :s].detach(), y[:, s:].detach()
         grad_y1, grad_y2 = grad_y[:, :s], grad_y[:, s:]
-        x, grad_x = torch.empty_like(y), torch.empty_like(grad_y)
+        x, grad_x = (y, grad_y) if overwrite else (torch.empty_like(y), torch.empty_like(grad_y))
         g_params, f_params = trainable_parameters(self.g), trainable_parameters(self.f)
         with torch.enable_grad():
             y1.requires_grad_(True)

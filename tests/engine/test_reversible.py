@@ -13,6 +13,8 @@ from torch.func import functional_call
 
 from monai_iunet import InvertibleUNet, IUNet, SavedTensorBytes
 from monai_iunet.engine import reversible
+from monai_iunet.layers.base import InvertibleIdentity
+from monai_iunet.networks.blocks import coupling_block
 
 from ..conftest import perturb, relative_error
 
@@ -127,6 +129,26 @@ def test_input_reused_after_forward_and_backward():
     out = net.core(core_input)
     out.sum().backward()
     assert torch.isfinite(core_input * 2).all()
+
+
+@pytest.mark.parametrize("last_layer", ["coupling", "identity"])
+def test_output_and_its_gradient_are_never_overwritten(last_layer):
+    """Layers may reuse the engine's own buffers, never the program's output (others saved it) or the incoming
+    gradient (autograd owns it) — also when the last layer hands its input back unchanged (an identity)."""
+    block = lambda: perturb(coupling_block(3, 4), 0.3)  # noqa: E731
+    program = [block(), block(), block() if last_layer == "coupling" else InvertibleIdentity()]
+    x = torch.randn(1, 4, 6, 6, 6, requires_grad=True)
+    out = reversible.run_memory_efficient(program, x)
+    out_before = out.detach().clone()
+    grad_out = torch.randn_like(out)
+    grad_before = grad_out.clone()
+    (grad_x,) = torch.autograd.grad(out.square(), x, grad_out, retain_graph=True)
+    torch.testing.assert_close(out.detach(), out_before, rtol=0, atol=0)
+    torch.testing.assert_close(grad_out, grad_before, rtol=0, atol=0)
+    (again,) = torch.autograd.grad(out.square(), x, grad_out)  # the retained graph still holds the right output
+    torch.testing.assert_close(again, grad_x)
+    expected = torch.autograd.grad(reversible.run_program(program, x).square(), x, grad_out)[0]
+    assert relative_error(grad_x, expected) < 1e-5
 
 
 def test_inplace_op_right_before_the_core():

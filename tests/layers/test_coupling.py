@@ -45,6 +45,15 @@ def test_invert_and_backward_matches_autograd(coupling):
         torch.testing.assert_close(grads[p], g)
     generic_x, generic_grad, _ = InvertibleModule.invert_and_backward(block, y.detach(), grad_y)
     torch.testing.assert_close(generic_grad, grad_x)
+    # overwrite=True: same results, written into the given tensors' memory
+    y_owned, grad_owned = y.detach().clone(), grad_y.clone()
+    x_over, grad_over, grads_over = block.invert_and_backward(y_owned, grad_owned, overwrite=True)
+    torch.testing.assert_close(x_over, x_rec)
+    torch.testing.assert_close(grad_over, grad_x)
+    for p in params:
+        torch.testing.assert_close(grads_over[p], grads[p])
+    if coupling == "additive":
+        assert x_over.data_ptr() == y_owned.data_ptr() and grad_over.data_ptr() == grad_owned.data_ptr()
 
 
 class _Fused(torch.autograd.Function):

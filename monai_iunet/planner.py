@@ -170,13 +170,13 @@ class MemoryPlanner:
         dtype: dtype of the parameters and the batch (``torch.float32``; ``float16``/``bfloat16`` for pure
             half-precision training).
         optimizer: ``"adam"`` (default, as in the bundle), ``"adamw"`` or ``"sgd"`` (with momentum).
-        device_type: ``"cpu"`` or ``"cuda"``, the device the estimate is for (see the module docstring).
+        device_type: ``"cuda"`` (default) or ``"cpu"``, the device the estimate is for (see the module docstring).
         network_kwargs: the ``IUNet`` arguments (``spatial_dims``, ``in_channels``, ``out_channels``, ``channels``,
             ``num_levels``, ``blocks_per_level``, ``memory_efficient``, …).
     """
 
     def __init__(
-        self, *, dtype: torch.dtype = torch.float32, optimizer: str = "adam", device_type: str = "cpu",
+        self, *, dtype: torch.dtype = torch.float32, optimizer: str = "adam", device_type: str = "cuda",
         **network_kwargs,
     ) -> None:
         if optimizer not in OPTIMIZERS:

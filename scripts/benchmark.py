@@ -15,6 +15,7 @@ targets) and PNG plots. The reference runs only when installed: ``pip install --
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import sys
@@ -73,23 +74,18 @@ def load(path: Path) -> dict[tuple, dict]:
     return {tuple(r[k] for k in KEYS): r for r in results}
 
 
+@functools.cache
+def _planner(width: int, levels: int, blocks: int, memory_efficient: bool, device: str) -> MemoryPlanner:
+    return MemoryPlanner(spatial_dims=3, in_channels=4, out_channels=3, channels=width, num_levels=levels,
+                         blocks_per_level=blocks, memory_efficient=memory_efficient, device_type=device)
+
+
 def predicted_mib(r: dict, device: str) -> float | None:
     """The memory planner's prediction for an IUNet case (None for the other networks)."""
     if r["network"] not in ("iunet", "iunet-plain"):
         return None
-    planner = MemoryPlanner(spatial_dims=3, in_channels=4, out_channels=3, channels=r["width"], num_levels=r["levels"],
-                            blocks_per_level=r["blocks"], memory_efficient=r["network"] == "iunet",
-                            device_type=device)
+    planner = _planner(r["width"], r["levels"], r["blocks"], r["network"] == "iunet", device)
     return planner.peak_bytes([r["size"]] * 3, r["batch"]) / MIB
-
-
-def _fmt(r: dict | None, field: str) -> str:
-    if r is None:
-        return "—"
-    if "error" in r:
-        return "failed"
-    value = r[field]
-    return {"peak_bytes": f"{value / MIB:,.0f}", "step_seconds": f"{value:.2f}"}.get(field, str(value))
 
 
 def sweep_table(results: dict, sweep: str, device: str) -> list[str]:
@@ -160,6 +156,34 @@ def targets(results: dict, device: str) -> list[str]:
     return lines + [""]
 
 
+def headline(results: dict, device: str) -> list[str]:
+    """One row per network at the base settings, with its peak at 8 blocks/level and at the largest size."""
+    sizes = SWEEPS["size"][1]
+
+    def get(network: str, **kw) -> dict | None:
+        r = results.get(tuple({**BASE, **kw, "network": network, "batch": 1, "device": device}[k] for k in KEYS))
+        return None if r is None or "error" in r else r
+
+    lines = [
+        f"| network (width {BASE['width']}, {BASE['levels']} levels, {BASE['blocks']} blocks/level, {BASE['size']}³) "
+        f"| params | forward GFLOP | peak MiB | peak MiB, 8 blocks/level | peak MiB, {sizes[-1]}³ | step s "
+        "| ms / forward GFLOP |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for network in ALL:
+        r = get(network)
+        if r is None:
+            continue
+        deep, large = (get(network, blocks=8), get(network, size=sizes[-1]))
+        deep_mib, large_mib = (f"{x['peak_bytes'] / MIB:,.0f}" if x else "—" for x in (deep, large))
+        gflop = r["forward_flops"] / 1e9
+        lines.append(
+            f"| {LABELS[network]} | {r['parameters']:,} | {gflop:.1f} | {r['peak_bytes'] / MIB:,.0f} | {deep_mib} "
+            f"| {large_mib} | {r['step_seconds']:.2f} | {1e3 * r['step_seconds'] / gflop:.0f} |"
+        )
+    return lines + [""]
+
+
 def plots(results: dict, device: str, output: Path) -> list[str]:
     import matplotlib
 
@@ -188,7 +212,9 @@ def plots(results: dict, device: str, output: Path) -> list[str]:
                 ax.plot(xs, ys, marker="o", label=LABELS[network])
         ax.set_xlabel("input voxels (thousands; 32³ … 96³)" if key == "size" else "blocks per level")
         ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
+        if field == "peak_bytes":
+            ax.set_yscale("log")  # plain autograd grows an order of magnitude past the others
+        ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
         ax.set_title(f"one training step, {device}")
         fig.tight_layout()
@@ -213,6 +239,9 @@ def report(results: dict, device: str, output: Path, sweeps: list[str]) -> None:
         "GroupNorm(1), Cayley resampling), blocks b = the reference's architecture entries 2b. The reference's "
         "exp/Cayley gradients are wrong (`gradcheck` fails): it is here for memory and speed only.",
         "",
+        "## Headline",
+        "",
+        *headline(results, device),
         "## Targets",
         "",
         *targets(results, device),

@@ -9,9 +9,9 @@ ROIs costs nothing more.
 
 What it adds for the device (``device_type``):
 
-* ``"cpu"``: the im2col buffers of the convolutions PyTorch runs with its fallback kernel instead of oneDNN (it
-  picks by a size rule; small-channel 3D convolutions often fall back), allocated inside the op and invisible to
-  the dispatch mode, and ``CPU_RUNTIME_BYTES`` for what a process that has run a training step holds beyond tensors
+* ``"cpu"``: what convolutions allocate inside the op, invisible to the dispatch mode — the im2col buffers of those
+  PyTorch runs with its fallback kernel (it picks by a size rule; small-channel 3D convolutions often fall back),
+  oneDNN's blocked-layout copies of input and output for the others — and ``CPU_RUNTIME_BYTES`` for what a process that has run a training step holds beyond tensors
   (oneDNN, OpenMP and autograd-thread memory; measured with ``monai_iunet.benchmarking`` on a tiny network);
 * ``"cuda"``: Adam's ``foreach`` temporaries are simulated as on CUDA; cuDNN's workspace and the allocator's
   rounding are not modelled (leave ~10 % headroom), and the CUDA context (~0.5 GiB, outside
@@ -119,25 +119,39 @@ class _Convolution:
         self.input_shape, self.weight_shape, self.dtype = tuple(input.shape), tuple(weight.shape), input.dtype
 
     def cpu_workspace(self, batch_size: int, scale: Sequence[int]) -> int:
-        """Bytes of the im2col buffer PyTorch's CPU fallback kernel allocates inside the op, for this convolution on
-        ``batch_size`` × (spatial shape × ``scale``); in backward one such buffer at a time (the gradient of the
-        columns, then the recomputed columns). 0 when oneDNN runs it (its reorders are small). PyTorch picks the kernel by a size rule, applied here to stand-in tensors
-        of the real shapes (``torch.empty`` touches no memory)."""
+        """Bytes a CPU convolution allocates inside the op, for this convolution on ``batch_size`` × (spatial shape
+        × ``scale``). PyTorch picks the kernel by a size rule, applied here to stand-in tensors of the real shapes
+        (``torch.empty`` touches no memory):
+
+        * its fallback kernel: the im2col buffer, (C_in / groups · kernel volume) × output voxels (input voxels when
+          transposed); in backward one such buffer at a time (the columns' gradient, then the recomputed columns);
+        * oneDNN: copies of the input and the output in its blocked memory layout.
+        """
         stride, padding, dilation, transposed, output_padding, groups = self.conv_args
-        kernel = self.weight_shape[2:]
         select = getattr(torch._C, "_select_conv_backend", None)
-        if select is None or (all(k == 1 for k in kernel) and all(s == 1 for s in stride) and not any(padding)):
+        if select is None:
             return 0
-        spatial = [s * f for s, f in zip(self.input_shape[2:], scale)]
-        input = torch.empty(batch_size, self.input_shape[1], *spatial, dtype=self.dtype)
-        if select(input, torch.empty(self.weight_shape, dtype=self.dtype), None, *self.conv_args).name not in (
-            _IM2COL_BACKENDS
-        ):
-            return 0
-        if not transposed:  # columns: (C_in / groups · kernel volume) × output voxels
-            spatial = [(s + 2 * p - d * (k - 1) - 1) // st + 1
-                       for s, p, d, k, st in zip(spatial, padding, dilation, kernel, stride)]
-        return batch_size * self.weight_shape[1] * math.prod(kernel) * math.prod(spatial) * input.element_size()
+        kernel = self.weight_shape[2:]
+        spatial_in = [s * f for s, f in zip(self.input_shape[2:], scale)]
+        if transposed:
+            spatial_out = [(s - 1) * st - 2 * p + d * (k - 1) + op + 1
+                           for s, st, p, d, k, op in zip(spatial_in, stride, padding, dilation, kernel, output_padding)]
+            out_channels = self.weight_shape[1] * groups
+        else:
+            spatial_out = [(s + 2 * p - d * (k - 1) - 1) // st + 1
+                           for s, p, d, k, st in zip(spatial_in, padding, dilation, kernel, stride)]
+            out_channels = self.weight_shape[0]
+        input = torch.empty(batch_size, self.input_shape[1], *spatial_in, dtype=self.dtype)
+        backend = select(input, torch.empty(self.weight_shape, dtype=self.dtype), None, *self.conv_args).name
+        if backend in _IM2COL_BACKENDS:
+            if all(k == 1 for k in kernel) and all(st == 1 for st in stride) and not any(padding):
+                return 0  # a 1×1 convolution's columns are its input
+            voxels = math.prod(spatial_in if transposed else spatial_out)
+            return batch_size * self.weight_shape[1] * math.prod(kernel) * voxels * input.element_size()
+        if backend.startswith("Mkldnn"):
+            elements = self.input_shape[1] * math.prod(spatial_in) + out_channels * math.prod(spatial_out)
+            return batch_size * elements * input.element_size()
+        return 0
 
 
 @dataclass(frozen=True)

@@ -237,7 +237,9 @@ def report(results: dict, device: str, output: Path, sweeps: list[str]) -> None:
         "step. Step time: median of the steps after the warm-up. *planner*: `monai_iunet.planner`'s prediction and "
         "its error. *IUNet, reference blocks*: coupling blocks as in iunets (one 3×3 conv → LeakyReLU → "
         "GroupNorm(1), Cayley resampling), blocks b = the reference's architecture entries 2b. The reference's "
-        "exp/Cayley gradients are wrong (`gradcheck` fails): it is here for memory and speed only.",
+        "exp/Cayley gradients are wrong (`gradcheck` fails): it is here for memory and speed only. On CPU, times "
+        "depend on which kernel PyTorch picks per convolution (oneDNN, or its im2col fallback for small-channel 3D "
+        "convolutions under a size threshold, which is also why width 8 or 48³ can be slower than width 16 or 64³).",
         "",
         "## Headline",
         "",

@@ -11,8 +11,9 @@ What it adds for the device (``device_type``):
 
 * ``"cpu"``: what convolutions allocate inside the op, invisible to the dispatch mode — the im2col buffers of those
   PyTorch runs with its fallback kernel (it picks by a size rule; small-channel 3D convolutions often fall back),
-  oneDNN's blocked-layout copies of input and output for the others — and ``CPU_RUNTIME_BYTES`` for what a process that has run a training step holds beyond tensors
-  (oneDNN, OpenMP and autograd-thread memory; measured with ``monai_iunet.benchmarking`` on a tiny network);
+  oneDNN's blocked-layout copies of input and output for the others — and ``CPU_RUNTIME_BYTES`` for what a process
+  that has run a training step holds beyond tensors (oneDNN, OpenMP and autograd-thread memory). Checked against
+  peaks measured with ``monai_iunet.benchmarking``: within 7 % over 24 configurations (``docs/benchmarks/cpu.md``);
 * ``"cuda"``: Adam's ``foreach`` temporaries are simulated as on CUDA; cuDNN's workspace and the allocator's
   rounding are not modelled (leave ~10 % headroom), and the CUDA context (~0.5 GiB, outside
   ``torch.cuda.max_memory_allocated``) is not included.
@@ -296,14 +297,16 @@ class MemoryPlanner:
 
 def _width_step(network_kwargs: dict) -> int:
     """The smallest width ``IUNet`` accepts with these arguments; every valid width is a multiple of it."""
+    error = None
     for width in range(2, 1025):
         try:
             with torch.device("meta"):
                 IUNet(**{**network_kwargs, "channels": width})
-        except ValueError:
+        except ValueError as e:
+            error = e
             continue
         return width
-    raise ValueError(f"no width up to 1024 is valid for {network_kwargs}.")
+    raise ValueError(f"no width up to 1024 is valid for {network_kwargs}; the last error: {error}") from error
 
 
 def largest_width(

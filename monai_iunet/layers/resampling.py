@@ -68,6 +68,7 @@ class _OrthogonalConv(InvertibleModule):
         self.strides = list(strides)
         self.group_channels = in_channels // groups
         self.out_channels = in_channels * math.prod(strides)
+        self.pointwise = groups == 1 and math.prod(strides) == 1  # a plain channel mixing
         size = self.group_channels * math.prod(strides)
         self.matrix = OrthogonalMatrix(groups, size, method, init, learnable)
 
@@ -93,6 +94,12 @@ class _OrthogonalConv(InvertibleModule):
                     )
 
     def _conv(self, x: Tensor, transposed: bool) -> Tensor:
+        if self.pointwise:
+            # A 1×1 convolution as a matrix product over channels: the same arithmetic without the convolution
+            # kernels' layout copies (oneDNN copies input and output, e.g. +32 MiB at 16×64³ on CPU).
+            matrix = self.matrix()[0].to(x.dtype)
+            flat = x.reshape(x.shape[0], x.shape[1], -1)
+            return torch.matmul(matrix.transpose(0, 1) if transposed else matrix, flat).reshape(x.shape)
         zeros = [0] * self.spatial_dims
         ones = [1] * self.spatial_dims
         weight = self.weight().to(x.dtype)

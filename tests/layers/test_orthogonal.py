@@ -7,7 +7,13 @@ import torch
 from torch.autograd import gradcheck
 from torch.func import functional_call
 
-from monai_iunet.layers import OrthogonalDownsampling, OrthogonalMatrix, haar_matrix, orthogonal_map
+from monai_iunet.layers import (
+    InvertibleChannelMixing,
+    OrthogonalDownsampling,
+    OrthogonalMatrix,
+    haar_matrix,
+    orthogonal_map,
+)
 from monai_iunet.layers.orthogonal import ORTHOGONAL_METHODS
 
 # Paper §2.2: θ whose exp(θ - θᵀ) is the 2D Haar transform.
@@ -91,6 +97,22 @@ def test_gradcheck_through_resampling_layer(method, spatial_dims, stride):
     y = layer(x).detach().requires_grad_(True)
     inverse = _Inverse(layer)
     assert gradcheck(lambda y, t: functional_call(inverse, {"layer.matrix.theta": t}, (y,)), (y, theta))
+
+
+@pytest.mark.parametrize("method", ORTHOGONAL_METHODS)
+@pytest.mark.parametrize("spatial_dims", [1, 2, 3])
+def test_gradcheck_through_channel_mixing(method, spatial_dims):
+    """The mixing runs as a matrix product over channels: gradcheck it like the resampling (batch 2, and a
+    non-contiguous input, as after a channel split)."""
+    layer = InvertibleChannelMixing(spatial_dims, 3, method=method, init="random").double()
+    x = torch.randn(2, 5, *([3] * spatial_dims), dtype=torch.float64)[:, 1:4].requires_grad_(True)
+    theta = (0.3 * torch.randn_like(layer.matrix.theta)).requires_grad_(True)
+    assert gradcheck(lambda x, t: functional_call(layer, {"matrix.theta": t}, (x,)), (x, theta))
+    y = layer(x).detach().requires_grad_(True)
+    assert gradcheck(lambda y, t: functional_call(_Inverse(layer), {"layer.matrix.theta": t}, (y,)), (y, theta))
+    weight = layer.matrix()[0].reshape(3, 3, *([1] * spatial_dims))
+    convolution = [torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d][spatial_dims - 1]
+    torch.testing.assert_close(layer(x), convolution(x, weight))
 
 
 @pytest.mark.parametrize("method", ORTHOGONAL_METHODS)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from monai.handlers import from_engine
 
-__all__ = ["REGIONS", "region_output_transform", "load_weights"]
+__all__ = ["REGIONS", "region_output_transform", "load_weights", "handlers_for_rank"]
 
 REGIONS = ("TC", "WT", "ET")
 
@@ -22,6 +22,18 @@ def region_output_transform(channel: int) -> Callable:
         return [p[channel : channel + 1] for p in preds], [y[channel : channel + 1] for y in labels]
 
     return transform
+
+
+def handlers_for_rank(handlers: list, rank: int) -> list:
+    """The trainer handlers a process of a distributed run attaches: all on rank 0; on the others, everything but
+    the console and TensorBoard logging (one copy of each line and curve). Chosen by type, not by position, because
+    tools such as MONAI Label insert handlers of their own into the list."""
+    from ignite.handlers import ProgressBar
+    from monai.handlers import StatsHandler, TensorBoardStatsHandler
+
+    if rank == 0:
+        return list(handlers)
+    return [h for h in handlers if not isinstance(h, (ProgressBar, StatsHandler, TensorBoardStatsHandler))]
 
 
 def load_weights(network: torch.nn.Module, path: str, map_location=None) -> torch.nn.Module:

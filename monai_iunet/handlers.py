@@ -13,7 +13,16 @@ from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointLoader
 from monai.utils import CommonKeys
 
-__all__ = ["ResumableCheckpoint", "BestModelSaver", "save_atomically", "NonFiniteGuard", "InversionDriftMonitor", "batch_cases"]
+__all__ = [
+    "ResumableCheckpoint",
+    "BestModelSaver",
+    "UnvalidatedModelSaver",
+    "save_atomically",
+    "is_main_process",
+    "NonFiniteGuard",
+    "InversionDriftMonitor",
+    "batch_cases",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +42,13 @@ def batch_cases(batch) -> list[str]:
         found = (getattr(item.get("image"), "meta", None) or {}).get("filename_or_obj", [])
         names += [str(n) for n in (found if isinstance(found, (list, tuple)) else [found])]
     return list(dict.fromkeys(names))
+
+
+def is_main_process() -> bool:
+    """True outside a distributed run and on its rank 0: the one process that writes checkpoints."""
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0
+    )
 
 
 def save_atomically(obj: dict, path: str | Path) -> None:
@@ -64,7 +80,8 @@ class ResumableCheckpoint:
         epoch_level: count ``interval`` in epochs (True) or iterations (False).
         filename: checkpoint file name.
         map_location: ``torch.load`` map_location when resuming.
-        save: write checkpoints (False on the non-zero ranks of a distributed run, which only resume).
+        save: write checkpoints; default: only the main process (rank 0) of a distributed run, the others only
+            resume.
     """
 
     def __init__(
@@ -76,7 +93,7 @@ class ResumableCheckpoint:
         epoch_level: bool = True,
         filename: str = "last.pt",
         map_location=None,
-        save: bool = True,
+        save: bool | None = None,
     ) -> None:
         if interval < 1:
             raise ValueError(f"interval must be at least 1, got {interval}.")
@@ -95,7 +112,7 @@ class ResumableCheckpoint:
                     f"resume=true but there is no checkpoint {self.path}; start without --resume or set ckpt_dir."
                 )
             CheckpointLoader(str(self.path), objects, map_location=self.map_location).attach(engine)
-        if self.save:
+        if is_main_process() if self.save is None else self.save:
             # Registered when the run starts, i.e. after every other handler, so that a checkpoint holds the state
             # *after* this epoch's LR-scheduler step and validation.
             engine.add_event_handler(Events.STARTED, self._register_saving, objects)
@@ -145,14 +162,55 @@ class BestModelSaver:
         value = self.sign * float(engine.state.metrics[name])
         if value > self.best:  # MONAI evaluators run with state.epoch = the trainer's epoch
             self.best, self.best_epoch = value, engine.state.epoch
-            save_atomically(getattr(self.network, "module", self.network).state_dict(), self.path)
+            self.save()
             logger.info("new best %s %.4f: saved %s", name, self.sign * value, self.path)
+
+    @property
+    def validated(self) -> bool:
+        """Whether a validation result has been recorded (then ``model.pt`` holds the best validated weights)."""
+        return self.best_epoch >= 0
+
+    def save(self) -> None:
+        """Write the network's current weights (DDP's ``.module`` unwrapped) atomically to ``path``."""
+        save_atomically(getattr(self.network, "module", self.network).state_dict(), self.path)
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_epoch": self.best_epoch}
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
+
+
+class UnvalidatedModelSaver:
+    """Attach to the trainer: until validation has scored a model, keep ``saver``'s ``model.pt`` equal to the latest
+    weights after every epoch, so that a run without validation data (MONAI Label's fine-tuning with a validation
+    split of 0) or one shorter than the validation interval still leaves a model to serve. Once the
+    :class:`BestModelSaver` has a validation result, it alone writes ``model.pt``.
+
+    Args:
+        saver: the evaluator's :class:`BestModelSaver`.
+    """
+
+    def __init__(self, saver: BestModelSaver) -> None:
+        self.saver = saver
+        self._announced = False
+
+    def attach(self, engine: Engine) -> None:
+        # Registered when the run starts, after every other handler: validation of this epoch runs first.
+        engine.add_event_handler(Events.STARTED, self._register)
+
+    def _register(self, engine: Engine) -> None:
+        if not engine.has_event_handler(self, Events.EPOCH_COMPLETED):
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if self.saver.validated or not is_main_process():
+            return
+        self.saver.save()
+        if not self._announced:
+            logger.info("no validation result yet: %s holds the latest weights (epoch %d) until validation scores a "
+                        "model", self.saver.path, engine.state.epoch)
+            self._announced = True
 
 
 class NonFiniteGuard:

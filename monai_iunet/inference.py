@@ -12,7 +12,6 @@ from monai.data import MetaTensor
 from monai.transforms import SaveImage
 from tqdm import tqdm
 
-from .data.dicom_seg import write_dicom_seg
 from .transforms import CaseError, case_name
 
 __all__ = ["BatchSegmentation", "case_name", "describe_error"]
@@ -110,6 +109,9 @@ class BatchSegmentation:
         written = [str(self.output_dir / f"{name}_seg.nii.gz")]
         first_image = Path(str(item["image"][0]))
         if self.dicom_seg and first_image.is_dir():
+            # highdicom only when a DICOM SEG is written: MONAI Label's environment pins pydicom<3, which it refuses.
+            from .data.dicom_seg import write_dicom_seg
+
             output = self.output_dir / f"{name}_seg.dcm"
             write_dicom_seg(label[0].numpy(), label.affine.numpy(), first_image, output, self.et_label)
             written.append(str(output))

@@ -3,7 +3,7 @@
 
 Everything runs through the real bundle with ``python -m monai.bundle run`` on CPU, with the small preset
 ``configs/bundles/cpu_demo.json`` layered on the bundle's configs. Outputs go to ``runs/demo/``:
-``models/`` (best ``model.pt`` and resumable ``last.pt``), ``eval/`` (TensorBoard logs, metrics CSVs),
+``models/`` (best ``model.pt`` and resumable ``resume/last.pt``), ``eval/`` (TensorBoard logs, metrics CSVs),
 ``pred_nifti/`` and ``pred_dicom/`` (label maps in the input space, a DICOM SEG), and ``overlay.png``.
 
     python scripts/demo.py [--epochs 40] [--cases 16] [--output runs/demo]

@@ -22,7 +22,7 @@ from .conftest import BUNDLE, SCHEMA, TINY, TRAIN_TINY, check, run_bundle, write
 
 def test_train_writes_best_and_last_checkpoints(trained):
     assert (trained / "models" / "model.pt").is_file()
-    last = torch.load(trained / "models" / "last.pt", weights_only=True)
+    last = torch.load(trained / "models" / "resume" / "last.pt", weights_only=True)
     assert set(last) == {"model", "optimizer", "lr_scheduler", "best_model", "trainer"}
     assert last["trainer"]["iteration"] == 3 and last["trainer"]["epoch_length"] == 3  # one epoch of 3 cases
     assert any(p.name.startswith("events.out.tfevents") for p in (trained / "eval").iterdir())  # TensorBoard
@@ -34,7 +34,7 @@ def test_resume_continues_from_last_checkpoint(trained, dataset, tmp_path):
     output = check(run_bundle(["configs/train.json"], dataset_dir=dataset, bundle_root=out, resume=True,
                               **{**TRAIN_TINY, "epochs": 2}))
     assert "Epoch: 1/2" not in output and "Epoch: 2/2" in output  # epoch 1 was not repeated
-    last = torch.load(out / "models" / "last.pt", weights_only=True)
+    last = torch.load(out / "models" / "resume" / "last.pt", weights_only=True)
     assert last["trainer"]["iteration"] == 6 and last["trainer"]["max_epochs"] == 2
     assert last["optimizer"]["state"][0]["step"] == 6  # optimizer state carried over
     assert last["lr_scheduler"]["last_epoch"] == 2
@@ -158,7 +158,7 @@ def test_multi_gpu_config_on_two_cpu_processes(dataset, tmp_path):
     output = check(run_bundle(["configs/train.json", "configs/multi_gpu_train.json"], launcher=launcher,
                               dataset_dir=dataset, bundle_root=tmp_path, **TRAIN_TINY))
     assert "val_mean_dice" in output
-    last = torch.load(tmp_path / "models" / "last.pt", weights_only=True)
+    last = torch.load(tmp_path / "models" / "resume" / "last.pt", weights_only=True)
     assert last["trainer"]["iteration"] == 2  # 3 training cases split over 2 ranks (evenly divisible → 2 each)
 
 
@@ -200,7 +200,8 @@ def test_model_zoo_checker_steps(tmp_path):
     [
         ({"image": ["/d/BraTS20_001/BraTS20_001_t1.nii.gz", "/d/BraTS20_001/BraTS20_001_t2.nii.gz"]}, "BraTS20_001"),
         ({"image": ["/d/case9/dicom/t1", "/d/case9/dicom/t2"]}, "case9"),
-        ({"image": ["/d/case9/t1.nii.gz"]}, "case9"),
+        ({"image": "/studies/BraTS_003.nii.gz"}, "BraTS_003"),  # one 4-channel file: MONAI Label's studies folder
+        ({"image": ["/studies/BraTS_004.nii"]}, "BraTS_004"),
         ({"case": "named", "image": ["/x/t1.nii.gz"]}, "named"),
     ],
 )

@@ -55,3 +55,29 @@ def test_save_atomically_never_leaves_a_truncated_file(tmp_path, monkeypatch):
         save_atomically({"step": 2}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"step": 1}
+
+
+@pytest.mark.parametrize("layout", ["xyzc", "xyz1c"])
+def test_one_multichannel_file_loads_like_four_files(tmp_path, layout):
+    """MONAI Label sends one image per case: a 4D NIfTI X×Y×Z×4, or X×Y×Z×1×4 as NIfTI writers put vector data."""
+    rng = np.random.default_rng(0)
+    volumes = [rng.random((6, 7, 8)) for _ in range(4)]
+    affine = np.diag([-1.5, 2.0, 2.5, 1.0])
+    paths = [_write(tmp_path / f"c_{m}.nii.gz", v, affine) for m, v in zip(("t1", "t1ce", "t2", "flair"), volumes)]
+    stacked = np.stack(volumes, -1)
+    one = _write(tmp_path / "case3.nii.gz", stacked if layout == "xyzc" else stacked[:, :, :, None], affine)
+    separate = LoadModalitiesd("image")({"image": paths})["image"]
+    for value in (one, [one]):
+        image = LoadModalitiesd("image")({"image": value})["image"]
+        torch.testing.assert_close(image.as_tensor(), separate.as_tensor())
+        np.testing.assert_allclose(image.affine.numpy(), affine)
+
+
+def test_one_file_with_the_wrong_channel_count_is_named(tmp_path):
+    volume = np.random.default_rng(0).random((6, 6, 6))
+    three = _write(tmp_path / "case9.nii.gz", np.stack([volume] * 3, -1))
+    with pytest.raises(CaseError, match=r"case case9: 'image' is one file, .*case9.nii.gz, with 3 channel\(s\); "
+                                        r"expected either 4 channels \(t1, t1ce, t2, flair"):
+        LoadModalitiesd("image")({"image": three})
+    with pytest.raises(CaseError, match="expected 4 modalities .* got 2"):
+        LoadModalitiesd("image")({"image": [three, three]})

@@ -140,7 +140,8 @@ def test_bundle_non_finite_setting_reaches_loader_and_guard(action):
     parser.read_config(BUNDLE / "configs" / "train.json")
     parser["non_finite"] = action
     loader = parser.get_parsed_content("load_transforms#0")
-    guard = parser.get_parsed_content("train#handlers#3")
+    index = next(i for i, h in enumerate(parser["train#handlers"]) if h["_target_"].endswith("NonFiniteGuard"))
+    guard = parser.get_parsed_content(f"train#handlers#{index}")
     assert isinstance(guard, NonFiniteGuard) and guard.action == action
     # "skip": NaN volumes pass the loader and the guard skips their optimizer step with a warning.
     assert loader.check_finite == (action == "raise")

@@ -42,7 +42,7 @@ def test_sigkill_mid_epoch_then_resume(dataset, tmp_path):
         assert time.monotonic() < deadline, "training did not reach epoch 3"
     process.wait(timeout=60)
     assert killed_in is not None and process.returncode == -signal.SIGKILL
-    last = torch.load(out / "models" / "last.pt", weights_only=True)  # intact despite the kill
+    last = torch.load(out / "models" / "resume" / "last.pt", weights_only=True)  # intact despite the kill
     done = last["trainer"]["iteration"] // last["trainer"]["epoch_length"]
     assert done == killed_in - 1
 
@@ -50,7 +50,7 @@ def test_sigkill_mid_epoch_then_resume(dataset, tmp_path):
                                   timeout=600))
     started = sorted({int(e) for e in re.findall(r"Epoch: (\d+)/%d, Iter" % EPOCHS, output)})
     assert started == list(range(killed_in, EPOCHS + 1))  # at most one epoch (the interrupted one) repeated
-    final = torch.load(out / "models" / "last.pt", weights_only=True)
+    final = torch.load(out / "models" / "resume" / "last.pt", weights_only=True)
     assert final["trainer"]["iteration"] == EPOCHS * final["trainer"]["epoch_length"]
     assert final["lr_scheduler"]["last_epoch"] == EPOCHS
     assert not list((out / "models").glob(".*.tmp"))

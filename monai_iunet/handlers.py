@@ -217,8 +217,18 @@ class NonFiniteGuard:
     """Stop (default) or skip a training iteration whose loss or gradients are NaN/Inf, before the optimizer step.
 
     The check runs after backward: with ``action="raise"`` a ``FloatingPointError`` names the cases of the batch;
-    with ``action="skip"`` the gradients are dropped (the optimizer leaves the weights alone), a warning names the
-    cases and training goes on. Either way the weights are never updated with non-finite values.
+    with ``action="skip"`` the iteration's gradient is dropped (the optimizer leaves the weights alone), a warning
+    names the cases and training goes on. Either way the weights are never updated with non-finite values.
+
+    Mixed precision: with the trainer's ``GradScaler`` enabled (MONAI's ``SupervisedTrainer`` with ``amp``), the
+    gradients seen here are scaled, and their overflow is how the scaler finds its scale: it skips that step and
+    lowers the scale. The guard leaves such overflow to the scaler while the scale is above 1, and acts once the scale
+    is at most 1, where a non-finite scaled gradient means a non-finite unscaled one. A non-finite loss is never
+    the scaler's business and is always caught.
+
+    Gradient accumulation: with ``accumulation_steps > 1`` and ``action="skip"``, only the bad micro-batch is
+    dropped; the gradient accumulated from the earlier micro-batches of the step is kept (restored from a copy taken
+    before the micro-batch's backward).
 
     Args:
         action: ``"raise"`` or ``"skip"``.
@@ -231,30 +241,55 @@ class NonFiniteGuard:
         self.action = action
         self.check_gradients = check_gradients
         self.skipped = 0
+        self.scaler_overflows = 0
+        self._accumulated: list[torch.Tensor | None] | None = None
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self._keep_accumulated)
         engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
+
+    @staticmethod
+    def _params(engine: Engine) -> list[torch.Tensor]:
+        return [p for group in engine.optimizer.param_groups for p in group["params"]]
+
+    @staticmethod
+    def _scaler(engine: Engine):
+        scaler = getattr(engine, "scaler", None) if getattr(engine, "amp", False) else None
+        return scaler if scaler is not None and scaler.is_enabled() else None
+
+    def _keep_accumulated(self, engine: Engine) -> None:
+        """Before a micro-batch's backward: copy the gradient accumulated so far (only when skipping could need it)."""
+        self._accumulated = None
+        if self.action == "skip" and getattr(engine, "accumulation_steps", 1) > 1:
+            self._accumulated = [None if p.grad is None else p.grad.detach().clone() for p in self._params(engine)]
 
     def __call__(self, engine: Engine) -> None:
         loss = engine.state.output[CommonKeys.LOSS]
-        params = [p for group in engine.optimizer.param_groups for p in group["params"] if p.grad is not None]
-        finite = bool(torch.isfinite(loss).all())
-        if finite and self.check_gradients:
-            finite = all(bool(torch.isfinite(p.grad).all()) for p in params)
-        if finite:
+        params = self._params(engine)
+        if not bool(torch.isfinite(loss).all()):
+            problem = "non-finite loss"
+        elif self.check_gradients and not all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None):
+            scaler = self._scaler(engine)
+            if scaler is not None and scaler.get_scale() > 1.0:
+                self.scaler_overflows += 1  # the scaler skips this step and lowers its scale
+                logger.debug("scaled gradients overflow at scale %g: left to the GradScaler", scaler.get_scale())
+                return
+            problem = "non-finite gradients" + (" at gradient scale <= 1" if scaler is not None else "")
+        else:
             return
         cases = ", ".join(batch_cases(engine.state.batch)) or "<unknown>"
         message = (
-            f"non-finite loss or gradients at epoch {engine.state.epoch}, iteration {engine.state.iteration} "
+            f"{problem} at epoch {engine.state.epoch}, iteration {engine.state.iteration} "
             f"(loss {float(loss.detach().float().mean())}); cases: {cases}. Check these images for NaN/Inf, lower "
             "the learning rate, or train in fp32 (amp false)."
         )
         if self.action == "raise":
             raise FloatingPointError(message)
-        for p in params:
-            p.grad = None
+        kept = self._accumulated or [None] * len(params)
+        for p, grad in zip(params, kept):
+            p.grad = grad
         self.skipped += 1
-        logger.warning("skipping the optimizer step: %s", message)
+        logger.warning("skipping %s: %s", "this micro-batch" if self._accumulated else "the optimizer step", message)
 
 
 class InversionDriftMonitor:

@@ -48,9 +48,19 @@ FLAGS = list(itertools.product(["additive", "affine"], ["exp", "cayley", "househ
 
 @pytest.mark.parametrize("coupling,method,mixing,spatial_dims", FLAGS)
 def test_gradients_equal_plain_autograd_fp32(coupling, method, mixing, spatial_dims):
+    """fp32 agreement is a rounding question: a near-cancelling gradient (e.g. 2 elements of ~2e-4) differs between
+    any two fp32 summation orders, and thread counts change the order. So both fp32 paths are compared with the fp64
+    truth of the same network, the memory-efficient one allowed 1e-5 of the gradient's norm plus a few times the
+    error plain autograd makes itself (the fp64 comparison below stays at 1e-10)."""
     net = _net(spatial_dims, coupling=coupling, resampling_method=method, mixing_method=method, channel_mixing=mixing)
     x = _input(net)
-    _assert_gradients_equal(_gradients(net, x, False), _gradients(net, x, True), 1e-5)
+    plain, efficient = _gradients(net, x, False), _gradients(net, x, True)
+    truth = _gradients(net.double(), x.double(), False)
+    for i, (t, p, e) in enumerate(zip(truth, plain, efficient)):
+        assert e is not None, f"gradient {i} missing"
+        t, p, e = t.double(), p.double(), e.double()
+        bound = 1e-5 * t.norm() + 4 * (p - t).norm()
+        assert (e - t).norm() <= bound, f"gradient {i}: error {(e - t).norm():.2e}, bound {bound:.2e} (|g| {t.norm():.2e})"
 
 
 @pytest.mark.parametrize("coupling", ["additive", "affine"])

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 from monai.engines import SupervisedTrainer
 from monai.losses import DiceLoss
@@ -145,3 +145,99 @@ def test_bundle_non_finite_setting_reaches_loader_and_guard(action):
     assert isinstance(guard, NonFiniteGuard) and guard.action == action
     # "skip": NaN volumes pass the loader and the guard skips their optimizer step with a warning.
     assert loader.check_finite == (action == "raise")
+
+
+class _Amplify(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by ``factor`` (to force an fp32 overflow at a known
+    gradient scale)."""
+
+    @staticmethod
+    def forward(ctx, x, factor):
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.factor, None
+
+
+class _AmplifiedLinear(torch.nn.Linear):
+    def __init__(self, factor: float):
+        super().__init__(4, 1)
+        self.factor = factor
+
+    def forward(self, x):
+        return _Amplify.apply(super().forward(x), self.factor)
+
+
+def _scaled_trainer(batches, guard, factor, init_scale, **kwargs):
+    """A real ``SupervisedTrainer`` on its ``amp`` path with a real ``GradScaler`` (CPU: MONAI's own scaler is CUDA
+    only, so it is replaced by ``torch.amp.GradScaler("cpu")``)."""
+    net = _AmplifiedLinear(factor)
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"), max_epochs=1, train_data_loader=batches, network=net,
+        # gradients of ~1e33 (Adam's squared moments would overflow): SGD with a matching learning rate
+        optimizer=torch.optim.SGD(net.parameters(), 1e-35), loss_function=lambda pred, label: pred.sum(),
+        train_handlers=[guard], amp=True, **kwargs,
+    )
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    # Trainer.run() makes its CUDA scaler just before the run starts: put the CPU one in its place then.
+    trainer.add_event_handler(Events.STARTED, lambda engine: setattr(engine, "scaler", scaler))
+    return trainer, net
+
+
+def _vector_batch(case, value=0.5):
+    return {"image": MetaTensor(torch.full((1, 4), value), meta={"filename_or_obj": [case]}), "label": torch.zeros(1, 1)}
+
+
+@pytest.mark.filterwarnings("ignore:User provided device_type of 'cuda'")
+def test_scaled_gradient_overflow_is_left_to_the_grad_scaler():
+    """Scale 65536 × 8e33 overflows fp32, 32768 × 8e33 does not: the first step overflows by design."""
+    guard = NonFiniteGuard(action="raise")
+    trainer, net = _scaled_trainer([_vector_batch("a"), _vector_batch("b")], guard, 8e33, 65536.0)
+    before = [p.detach().clone() for p in net.parameters()]
+    trainer.run()
+    assert guard.scaler_overflows == 1 and trainer.scaler.get_scale() == 32768.0  # the scaler skipped and backed off
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    assert any(not torch.equal(b, p) for b, p in zip(before, net.parameters()))  # the second step was taken
+
+
+@pytest.mark.filterwarnings("ignore:User provided device_type of 'cuda'")
+def test_gradients_non_finite_without_scaling_are_caught_under_a_scaler():
+    guard = NonFiniteGuard(action="raise")
+    trainer, net = _scaled_trainer([_vector_batch(f"case{i}") for i in range(6)], guard, float("inf"), 4.0)
+    with pytest.raises(FloatingPointError, match=r"non-finite gradients at gradient scale <= 1 at epoch 1, iteration 3"):
+        trainer.run()  # scale 4 and 2: the scaler's overflow; at scale 1 the unscaled gradient is infinite
+    assert guard.scaler_overflows == 2
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
+@pytest.mark.filterwarnings("ignore:User provided device_type of 'cuda'")
+def test_non_finite_loss_is_caught_under_a_scaler():
+    trainer, _ = _scaled_trainer([_vector_batch("nan_case", float("nan"))], NonFiniteGuard(), 1.0, 65536.0)
+    with pytest.raises(FloatingPointError, match="non-finite loss .*nan_case"):
+        trainer.run()
+
+
+def test_skip_keeps_the_gradient_accumulated_before_the_bad_micro_batch():
+    """accumulation_steps 2: micro-batch 1 is good, micro-batch 2 is NaN. The step must use micro-batch 1's
+    gradient (loss / 2), not drop it."""
+    net = torch.nn.Linear(4, 1)
+    expected = torch.nn.Linear(4, 1)
+    expected.load_state_dict(net.state_dict())
+    good = _vector_batch("good")
+    (expected(good["image"].as_tensor()).sum() / 2).backward()
+    with torch.no_grad():
+        for p in expected.parameters():
+            p -= 0.1 * p.grad
+
+    guard = NonFiniteGuard(action="skip")
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"), max_epochs=1, train_data_loader=[good, _vector_batch("bad", float("nan"))],
+        network=net, optimizer=torch.optim.SGD(net.parameters(), 0.1), loss_function=lambda pred, label: pred.sum(),
+        train_handlers=[guard], accumulation_steps=2,
+    )
+    trainer.run()
+    assert guard.skipped == 1
+    for p, e in zip(net.parameters(), expected.parameters()):
+        torch.testing.assert_close(p.detach(), e.detach())

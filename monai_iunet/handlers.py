@@ -301,7 +301,8 @@ class InversionDriftMonitor:
     keep the couplings normalised (layer/group norm), or train with ``memory_efficient=False`` for a while.
 
     Args:
-        network: the ``IUNet`` (or a module wrapping it as ``.module``, e.g. DDP).
+        network: a network with a ``reconstruction_error(x)`` method, e.g. ``IUNet`` (or a module wrapping it as
+            ``.module``, e.g. DDP).
         interval: check every this many iterations.
         threshold: relative error above which a warning is issued.
         log_dir: TensorBoard folder (optional); the value is logged under ``tag``.
@@ -321,8 +322,10 @@ class InversionDriftMonitor:
         if interval < 1:
             raise ValueError(f"interval must be at least 1, got {interval}.")
         self.network = getattr(network, "module", network)
-        if not hasattr(self.network, "core") or not hasattr(self.network, "lift"):
-            raise ValueError(f"network must be an IUNet (with .lift and .core), got {type(self.network).__name__}.")
+        if not callable(getattr(self.network, "reconstruction_error", None)):
+            raise ValueError(
+                f"network must have a reconstruction_error(x) method (e.g. an IUNet), got {type(self.network).__name__}."
+            )
         self.interval = interval
         self.threshold = threshold
         self.tag = tag
@@ -333,29 +336,14 @@ class InversionDriftMonitor:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
 
-    @torch.no_grad()
-    def error(self, image: torch.Tensor) -> float:
-        """The relative reconstruction error of the core on ``image`` (a network input batch)."""
-        net = self.network
-        training = net.training
-        net.eval()  # no running-statistics updates from the check
-        try:
-            h = net.lift(image.to(next(net.parameters()).device)).float()
-            spatial = [n - n % s for n, s in zip(h.shape[2:], net.total_stride)]
-            h = h[(slice(None), slice(None), *[slice(0, n) for n in spatial])]
-            reconstruction = net.core.inverse(net.core(h))
-            return float((reconstruction - h).norm() / h.norm().clamp_min(1e-12))
-        finally:
-            net.train(training)
-
     def __call__(self, engine: Engine) -> None:
         dicts = _batch_dicts(engine.state.batch)
         if not dicts or self.image_key not in dicts[0]:
             raise ValueError(f"InversionDriftMonitor: the batch has no '{self.image_key}' entry; set image_key.")
         image = torch.as_tensor(dicts[0][self.image_key])
-        if image.dim() == self.network.spatial_dims + 1:  # engines decollate state.batch into single samples
+        if not isinstance(engine.state.batch, dict):  # MONAI engines decollate state.batch into single samples
             image = image[None]
-        value = self.error(image)
+        value = self.network.reconstruction_error(image)
         setattr(engine.state, self.tag, value)  # not in state.metrics: StatsHandler would print it as 0.0000
         logger.info("iteration %d: %s %.3e", engine.state.iteration, self.tag, value)
         if self.log_dir is not None:

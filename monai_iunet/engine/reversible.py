@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..layers.base import InvertibleModule, InvertibleSequential, autocast_state
 
-__all__ = ["Split", "Concat", "Program", "flatten_program", "run_program", "run_memory_efficient"]
+__all__ = ["Split", "Concat", "Program", "flatten_program", "run_program", "run_memory_efficient", "run"]
 
 
 class Split(NamedTuple):
@@ -191,3 +191,21 @@ def run_memory_efficient(program: Program, x: Tensor) -> Tensor:
     if not torch.is_grad_enabled() or not (x.requires_grad or params):
         return run_program(program, x)
     return _MemoryEfficientFunction.apply(program, owners, x, *params)
+
+
+def run(program: Program, x: Tensor, memory_efficient: bool = True) -> Tensor:
+    """Run an invertible program the way a network should: the invertible state in fp32 (fp64 stays fp64) under
+    fp16/bf16 autocast, because a low-precision state drifts on reconstruction; memory-efficient when asked and a
+    gradient is being recorded, except under ``torch.jit.trace`` and ``torch.export``, which need one ordinary graph
+    (they record :func:`run_program`, with the same output). Under ``torch.compile`` the engine is a graph break
+    when training (memory saving kept) and compiled like any code when no gradient is recorded."""
+    if autocast_state(x.device.type)[0] and x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    plain = torch.jit.is_tracing() or torch.compiler.is_exporting() or not torch.is_grad_enabled()
+    if not memory_efficient or plain:
+        return run_program(program, x)
+    if torch.compiler.is_compiling():
+        # What torch.compile sees of the engine: a graph break; the engine runs eagerly between the compiled parts.
+        # (Made here, not at import: wrapping imports torch._dynamo, which keeps tensors alive in eager runs.)
+        return torch.compiler.disable(run_memory_efficient)(program, x)
+    return run_memory_efficient(program, x)

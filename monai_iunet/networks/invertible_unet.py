@@ -9,8 +9,8 @@ from fractions import Fraction
 import torch
 from torch import Tensor, nn
 
-from ..engine.reversible import Concat, Program, Split, run_memory_efficient
-from ..layers.base import InvertibleIdentity, InvertibleModule, InvertibleSequential, autocast_state
+from ..engine.reversible import Concat, Program, Split, run
+from ..layers.base import InvertibleIdentity, InvertibleModule, InvertibleSequential
 from ..layers.resampling import InvertibleChannelMixing, OrthogonalDownsampling, OrthogonalUpsampling, as_strides
 from .blocks import coupling_block
 
@@ -208,7 +208,7 @@ class InvertibleUNet(InvertibleModule):
         self._check_input(x)
         if torch.jit.is_scripting():
             return self._forward_plain(x)
-        return self._forward_eager(x)
+        return self._run_program(x)
 
     def _forward_plain(self, x: Tensor) -> Tensor:
         skips: list[Tensor] = []
@@ -223,12 +223,8 @@ class InvertibleUNet(InvertibleModule):
         return x
 
     @torch.jit.unused
-    def _forward_eager(self, x: Tensor) -> Tensor:
-        if autocast_state(x.device.type)[0] and x.dtype in (torch.float16, torch.bfloat16):
-            x = x.float()  # the invertible state stays fp32 under autocast so that reconstruction is accurate
-        if self.memory_efficient and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
-            return run_memory_efficient(self.program(), x)
-        return self._forward_plain(x)
+    def _run_program(self, x: Tensor) -> Tensor:
+        return run(self.program(), x, self.memory_efficient)
 
     def program(self) -> Program:
         """The core as a flat program of invertible layers and skip markers, for the memory-efficient engine."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from monai.networks.layers.factories import Conv
 from torch import Tensor, nn
@@ -112,6 +113,21 @@ class IUNet(nn.Module):
         if sum(pad) > 0:
             y = self._crop(y, spatial)
         return y
+
+    @torch.jit.unused
+    def reconstruction_error(self, x: Tensor) -> float:
+        """The invertible core's relative reconstruction error ``‖core⁻¹(core(h)) − h‖ / ‖h‖`` on ``h = lift(x)``
+        (cropped to a multiple of the total stride), computed in eval mode so that no running statistics change.
+        The memory-efficient gradients are exact only while this is small."""
+        training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                h = self.lift(x.to(self.lift.weight.device)).float()
+                h = self._crop(h, [n - n % s for n, s in zip(h.shape[2:], self.core.total_stride)])
+                return float((self.core.inverse(self.core(h)) - h).norm() / h.norm().clamp_min(1e-12))
+        finally:
+            self.train(training)
 
     def _crop(self, y: Tensor, spatial: list[int]) -> Tensor:
         for axis, size in enumerate(spatial):

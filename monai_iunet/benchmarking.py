@@ -14,7 +14,9 @@ Both therefore count the network's parameters, the optimizer state, the batch an
 
 The networks (``NETWORKS``), all 4 input channels → 3 output channels in 3D:
 
-* ``iunet`` / ``iunet-plain``: :class:`~monai_iunet.IUNet` with ``memory_efficient`` on / off;
+* ``iunet`` / ``iunet-plain``: :class:`~monai_iunet.IUNet` with ``memory_efficient`` on / off, in its default
+  channels-last layout; ``iunet-cf`` / ``iunet-plain-cf``: the same with ``memory_format="contiguous"``
+  (channels-first, the layout of every IUNet row measured before channels-last became the default);
 * ``iunet-refblock``: an ``IUNet`` whose coupling blocks match the reference implementation's default (one 3×3 conv
   → LeakyReLU → GroupNorm(1) per sub-network, Cayley resampling and mixing); one of its blocks is two of the
   reference's single couplings, so ``blocks`` b here equals the reference's ``architecture`` entries 2b;
@@ -47,12 +49,12 @@ __all__ = ["NETWORKS", "FIXED_DEPTH", "build_network", "reference_available", "m
 IN_CHANNELS, OUT_CHANNELS = 4, 3
 
 
-def _iunet(memory_efficient: bool) -> Callable[..., nn.Module]:
+def _iunet(memory_efficient: bool, memory_format: str = "channels_last") -> Callable[..., nn.Module]:
     def build(width: int, levels: int, blocks: int) -> nn.Module:
         from .networks import IUNet
 
         return IUNet(3, IN_CHANNELS, OUT_CHANNELS, channels=width, num_levels=levels, blocks_per_level=blocks,
-                     memory_efficient=memory_efficient)
+                     memory_efficient=memory_efficient, memory_format=memory_format)
 
     return build
 
@@ -97,6 +99,8 @@ def _segresnet(width: int, levels: int, blocks: int) -> nn.Module:
 NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "iunet": _iunet(True),
     "iunet-plain": _iunet(False),
+    "iunet-cf": _iunet(True, "contiguous"),
+    "iunet-plain-cf": _iunet(False, "contiguous"),
     "iunet-refblock": _iunet_refblock,
     "iunets-ref": _iunets_reference,
     "unet": _unet(False),

@@ -28,17 +28,21 @@ from monai_iunet.benchmarking import FIXED_DEPTH, reference_available, run_case
 from monai_iunet.planner import MemoryPlanner
 
 BASE = dict(width=16, levels=4, blocks=2, size=64)
-ALL = ["iunet", "iunet-plain", "iunet-refblock", "iunets-ref", "unet", "checkpoint-unet", "segresnet"]
+IUNETS = ["iunet", "iunet-plain", "iunet-cf", "iunet-plain-cf"]  # channels-last (default) and channels-first
+ALL = [*IUNETS, "iunet-refblock", "iunets-ref", "unet", "checkpoint-unet", "segresnet"]
 SWEEPS = {
     # name: (swept key, values, networks)
-    "depth": ("blocks", [1, 2, 4, 8], ["iunet", "iunet-plain", "iunet-refblock", "iunets-ref", "unet", "checkpoint-unet"]),
+    "layout": ("size", [64], [*IUNETS, "unet", "segresnet"]),
+    "depth": ("blocks", [1, 2, 4, 8], [*IUNETS, "iunet-refblock", "iunets-ref", "unet", "checkpoint-unet"]),
     "size": ("size", [32, 48, 64, 96], ALL),
-    "width": ("width", [8, 16, 32], ["iunet", "iunet-plain", "iunets-ref", "unet", "segresnet"]),
-    "levels": ("levels", [3, 4, 5, 6], ["iunet", "iunet-plain", "unet"]),
+    "width": ("width", [8, 16, 32], [*IUNETS, "iunets-ref", "unet", "segresnet"]),
+    "levels": ("levels", [3, 4, 5, 6], [*IUNETS, "unet"]),
 }
 LABELS = {
-    "iunet": "IUNet (memory-efficient)",
-    "iunet-plain": "IUNet (plain autograd)",
+    "iunet": "IUNet (memory-efficient, channels-last)",
+    "iunet-plain": "IUNet (plain autograd, channels-last)",
+    "iunet-cf": "IUNet (memory-efficient, channels-first)",
+    "iunet-plain-cf": "IUNet (plain autograd, channels-first)",
     "iunet-refblock": "IUNet, reference blocks",
     "iunets-ref": "iunets 0.1 + memcnn 1.5.2",
     "unet": "MONAI UNet",
@@ -75,16 +79,19 @@ def load(path: Path) -> dict[tuple, dict]:
 
 
 @functools.cache
-def _planner(width: int, levels: int, blocks: int, memory_efficient: bool, device: str) -> MemoryPlanner:
+def _planner(width: int, levels: int, blocks: int, memory_efficient: bool, memory_format: str,
+             device: str) -> MemoryPlanner:
     return MemoryPlanner(spatial_dims=3, in_channels=4, out_channels=3, channels=width, num_levels=levels,
-                         blocks_per_level=blocks, memory_efficient=memory_efficient, device_type=device)
+                         blocks_per_level=blocks, memory_efficient=memory_efficient, memory_format=memory_format,
+                         device_type=device)
 
 
 def predicted_mib(r: dict, device: str) -> float | None:
     """The memory planner's prediction for an IUNet case (None for the other networks)."""
-    if r["network"] not in ("iunet", "iunet-plain"):
+    if r["network"] not in IUNETS:
         return None
-    planner = _planner(r["width"], r["levels"], r["blocks"], r["network"] == "iunet", device)
+    memory_format = "contiguous" if r["network"].endswith("-cf") else "channels_last"
+    planner = _planner(r["width"], r["levels"], r["blocks"], "plain" not in r["network"], memory_format, device)
     return planner.peak_bytes([r["size"]] * 3, r["batch"]) / MIB
 
 
@@ -144,12 +151,19 @@ def targets(results: dict, device: str) -> list[str]:
         rows.append(("peak vs iunets+memcnn, same architecture", "≤ 0.9×", f"{mem:.2f}×", mem <= 0.9,
                      f"forward FLOPs differ by {flops:+.1%}"))
         rows.append(("time per forward FLOP vs iunets+memcnn", "≤ 0.5×", f"{speed:.2f}×", speed <= 0.5, ""))
-    for blocks in (1, 2, 4, 8):
-        me, plain = get("iunet", blocks=blocks), get("iunet-plain", blocks=blocks)
-        if me and plain:
-            ratio = me["step_seconds"] / plain["step_seconds"]
-            rows.append((f"step time vs own plain autograd, {blocks} blocks/level", "≤ 1.4×", f"{ratio:.2f}×",
-                         ratio <= 1.4, ""))
+    segresnet = get("segresnet")
+    for suffix, layout in (("", "channels-last"), ("-cf", "channels-first")):
+        me = get("iunet" + suffix)
+        if me and segresnet:
+            ratio = per_flop(me) / per_flop(segresnet)
+            rows.append((f"ms per forward GFLOP vs SegResNet, memory-efficient, {layout}", "≤ 1.5×", f"{ratio:.2f}×",
+                         ratio <= 1.5, ""))
+        for blocks in (1, 2, 4, 8):
+            me, plain = get("iunet" + suffix, blocks=blocks), get("iunet-plain" + suffix, blocks=blocks)
+            if me and plain:
+                ratio = me["step_seconds"] / plain["step_seconds"]
+                rows.append((f"step time vs own plain autograd, {blocks} blocks/level, {layout}", "≤ 1.4×",
+                             f"{ratio:.2f}×", ratio <= 1.4, ""))
     lines = ["| target | goal | measured | met | note |", "|---|---|---|---|---|"]
     lines += [f"| {name} | {goal} | {value} | {'yes' if ok else '**no**'} | {note} |"
               for name, goal, value, ok, note in rows]
@@ -184,7 +198,7 @@ def headline(results: dict, device: str) -> list[str]:
     return lines + [""]
 
 
-def plots(results: dict, device: str, output: Path) -> list[str]:
+def plots(results: dict, device: str, output: Path, sweeps: list[str]) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -196,6 +210,8 @@ def plots(results: dict, device: str, output: Path) -> list[str]:
         ("depth", "peak training-step memory (MiB)", "peak_bytes", "memory_vs_depth"),
         ("depth", "step time / IUNet plain-autograd step time", "time_ratio", "time_ratio_vs_depth"),
     ):
+        if sweep not in sweeps:
+            continue
         key, values, networks = SWEEPS[sweep]
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for network in networks:
@@ -203,7 +219,11 @@ def plots(results: dict, device: str, output: Path) -> list[str]:
             for value in values:
                 ident = {**BASE, key: value, "network": network, "batch": 1, "device": device}
                 r = results.get(tuple(ident[k] for k in KEYS))
-                plain = results.get(tuple({**ident, "network": "iunet-plain"}[k] for k in KEYS))
+                # IUNets against their own layout's plain autograd; the others against channels-last plain autograd
+                # where it was measured, else channels-first
+                names = ["iunet-plain-cf"] if network.endswith("-cf") else ["iunet-plain", "iunet-plain-cf"]
+                plain = next((p for p in (results.get(tuple({**ident, "network": n}[k] for k in KEYS))
+                                          for n in names) if p is not None), None)
                 if r is None or "error" in r or (field == "time_ratio" and (plain is None or "error" in plain)):
                     continue
                 xs.append(value ** 3 / 1e3 if key == "size" else value)
@@ -252,7 +272,7 @@ def report(results: dict, device: str, output: Path, sweeps: list[str]) -> None:
     ]
     for sweep in sweeps:
         lines += sweep_table(results, sweep, device)
-    lines += [f"![{name}]({name})" for name in plots(results, device, output)]
+    lines += [f"![{name}]({name})" for name in plots(results, device, output, sweeps)]
     (output / f"{device}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {output / f'{device}.md'}", file=sys.stderr)
 

@@ -9,8 +9,36 @@ from torch import Tensor, nn
 
 __all__ = [
     "InvertibleModule", "InvertibleIdentity", "InvertibleSequential", "trainable_parameters", "autocast_state",
-    "autocast_disabled",
+    "autocast_disabled", "MEMORY_FORMATS", "to_channels_last", "is_channels_last", "like_layout",
 ]
+
+MEMORY_FORMATS = ("channels_last", "contiguous")
+
+
+def to_channels_last(x: Tensor) -> Tensor:
+    """``x`` with its channels stored last (NHWC / NDHWC), the layout oneDNN and cuDNN run 2D/3D convolutions fastest
+    in; 1D tensors have no such layout and are returned as they are. A no-op when ``x`` is already so stored."""
+    if x.dim() == 5:
+        return x.contiguous(memory_format=torch.channels_last_3d)
+    if x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def is_channels_last(x: Tensor) -> bool:
+    """Whether ``x`` is stored channels-last (a 2D/3D tensor; with one channel both layouts coincide)."""
+    if x.dim() == 5:
+        return x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
+    if x.dim() == 4:
+        return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return False
+
+
+def like_layout(part: Tensor, whole: Tensor) -> Tensor:
+    """A channel slice of ``whole`` stored as ``whole`` is: a slice of a channels-last tensor is strided in no
+    standard layout, and a convolution given one falls back to channels-first (the slow kernels on CPU); a slice of
+    a channels-first tensor is already contiguous."""
+    return to_channels_last(part) if is_channels_last(whole) else part
 
 
 def autocast_state(device_type: str) -> tuple[bool, torch.dtype | None]:

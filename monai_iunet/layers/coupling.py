@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import InvertibleModule, trainable_parameters
+from .base import InvertibleModule, like_layout, trainable_parameters
 
 __all__ = ["AdditiveCoupling", "AffineCoupling"]
 
@@ -23,6 +23,14 @@ class _Coupling(InvertibleModule):
         self.f = f
         self.g = g
 
+    # The half a sub-network reads is given in the input's layout (its convolutions run in it); the other half only
+    # enters an elementwise operation, which follows the sub-network output's layout.
+    def _forward_halves(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return x[:, : self.split], like_layout(x[:, self.split :], x)
+
+    def _inverse_halves(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        return like_layout(y[:, : self.split], y), y[:, self.split :]
+
 
 class AdditiveCoupling(_Coupling):
     """``y1 = x1 + f(x2)``, ``y2 = x2 + g(y1)``.
@@ -34,13 +42,13 @@ class AdditiveCoupling(_Coupling):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        x1, x2 = x[:, : self.split], x[:, self.split :]
+        x1, x2 = self._forward_halves(x)
         y1 = x1 + self.f(x2)
         y2 = x2 + self.g(y1)
         return torch.cat([y1, y2], dim=1)
 
     def inverse(self, y: Tensor) -> Tensor:
-        y1, y2 = y[:, : self.split], y[:, self.split :]
+        y1, y2 = self._inverse_halves(y)
         x2 = y2 - self.g(y1)
         x1 = y1 - self.f(x2)
         return torch.cat([x1, x2], dim=1)
@@ -54,7 +62,7 @@ class AdditiveCoupling(_Coupling):
         # grad_y themselves: each half is overwritten only after its last use), so backward allocates no
         # full-size tensor at the point where it needs the most memory.
         s = self.split
-        y1, y2 = y[:, :s].detach(), y[:, s:].detach()
+        y1, y2 = like_layout(y[:, :s], y).detach(), y[:, s:].detach()
         grad_y1, grad_y2 = grad_y[:, :s], grad_y[:, s:]
         x, grad_x = (y, grad_y) if overwrite else (torch.empty_like(y), torch.empty_like(grad_y))
         g_params, f_params = trainable_parameters(self.g), trainable_parameters(self.f)
@@ -66,7 +74,7 @@ class AdditiveCoupling(_Coupling):
         param_grads = dict(zip(g_params, grads[1:]))
         torch.sub(y2, g_out.detach(), out=x[:, s:])
         del g_out, grads
-        x2 = x[:, s:].detach().requires_grad_(True)
+        x2 = like_layout(x[:, s:], x).detach().requires_grad_(True)
         with torch.enable_grad():
             f_out = self.f(x2)
         grads = torch.autograd.grad(f_out, [x2, *f_params], grad_x[:, :s].to(f_out.dtype), allow_unused=True)
@@ -101,7 +109,7 @@ class AffineCoupling(_Coupling):
         return torch.tanh(log_scale), shift
 
     def forward(self, x: Tensor) -> Tensor:
-        x1, x2 = x[:, : self.split], x[:, self.split :]
+        x1, x2 = self._forward_halves(x)
         log_scale, shift = self._scale_shift(self.f(x2))
         y1 = x1 * torch.exp(log_scale) + shift
         log_scale, shift = self._scale_shift(self.g(y1))
@@ -109,7 +117,7 @@ class AffineCoupling(_Coupling):
         return torch.cat([y1, y2], dim=1)
 
     def inverse(self, y: Tensor) -> Tensor:
-        y1, y2 = y[:, : self.split], y[:, self.split :]
+        y1, y2 = self._inverse_halves(y)
         log_scale, shift = self._scale_shift(self.g(y1))
         x2 = (y2 - shift) * torch.exp(-log_scale)
         log_scale, shift = self._scale_shift(self.f(x2))

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .base import InvertibleModule, autocast_disabled
+from .base import InvertibleModule, autocast_disabled, is_channels_last
 from .orthogonal import OrthogonalMatrix, haar_matrix, random_orthogonal
 
 __all__ = ["OrthogonalDownsampling", "OrthogonalUpsampling", "InvertibleChannelMixing", "as_strides"]
@@ -98,6 +98,9 @@ class _OrthogonalConv(InvertibleModule):
             # A 1×1 convolution as a matrix product over channels: the same arithmetic without the convolution
             # kernels' layout copies (oneDNN copies input and output, e.g. +32 MiB at 16×64³ on CPU).
             matrix = self.matrix()[0].to(x.dtype)
+            if is_channels_last(x):  # channels are the last, contiguous axis: (…voxels, C) @ Mᵀ, no copy
+                last = torch.movedim(x, 1, -1)
+                return torch.movedim(torch.matmul(last, matrix if transposed else matrix.transpose(0, 1)), -1, 1)
             flat = x.reshape(x.shape[0], x.shape[1], -1)
             return torch.matmul(matrix.transpose(0, 1) if transposed else matrix, flat).reshape(x.shape)
         zeros = [0] * self.spatial_dims

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from monai.networks.layers.factories import Conv
 from torch import Tensor, nn
 
+from ..layers.base import to_channels_last
 from .invertible_unet import InvertibleUNet
 
 __all__ = ["IUNet"]
@@ -36,6 +37,9 @@ class IUNet(nn.Module):
         pad_input: pad spatial sizes that are not multiples of the total stride (output cropped back); if False such
             inputs raise ``ValueError``.
         memory_efficient: reconstruct activations in backward instead of storing them (training only).
+        memory_format: ``"channels_last"`` (default) runs lift, core and head with channels stored last (the fast
+            layout for the small-channel 3D convolutions, see :class:`InvertibleUNet`); inputs and outputs stay in
+            PyTorch's ordinary channels-first layout. ``"contiguous"``: channels-first throughout.
         core_kwargs: further :class:`InvertibleUNet` arguments (``split_fraction``, ``coupling``, ``norm``, ``act``,
             ``resampling_method``, ``resampling_init``, ``channel_mixing``, ``zero_init``, …).
 
@@ -58,6 +62,7 @@ class IUNet(nn.Module):
         head_kernel_size: int = 1,
         pad_input: bool = True,
         memory_efficient: bool = True,
+        memory_format: str = "channels_last",
         **core_kwargs,
     ) -> None:
         super().__init__()
@@ -72,11 +77,13 @@ class IUNet(nn.Module):
         self.pad_input = pad_input
         self.core = InvertibleUNet(
             spatial_dims, channels, num_levels, blocks_per_level, strides, memory_efficient=memory_efficient,
-            **core_kwargs,
+            memory_format=memory_format, **core_kwargs,
         )
         conv = Conv[Conv.CONV, spatial_dims]
         self.lift = conv(in_channels, channels, lift_kernel_size, padding=lift_kernel_size // 2)
         self.head = conv(channels, out_channels, head_kernel_size, padding=head_kernel_size // 2)
+        if self.core.channels_last:
+            self.to(memory_format=torch.channels_last_3d if spatial_dims == 3 else torch.channels_last)
 
     @property
     def total_stride(self) -> list[int]:
@@ -109,7 +116,14 @@ class IUNet(nn.Module):
                     f"{self.core.total_stride} and pad_input=False; crop/pad the input or set pad_input=True."
                 )
             x = F.pad(x, pad)
-        y = self.head(self.core(self.lift(x)))
+        h = self.lift(x)
+        if self.core.channels_last:
+            # PyTorch runs small convolutions (few channels, batch 1) with its channels-first kernel whatever the
+            # layout: give the core its state channels-last here, so that it neither converts nor returns a copy.
+            h = to_channels_last(h)
+        y = self.head(self.core(h))
+        if self.core.channels_last:
+            y = y.contiguous()  # out_channels wide: callers get the ordinary layout
         if sum(pad) > 0:
             y = self._crop(y, spatial)
         return y

@@ -43,16 +43,18 @@ def _assert_gradients_equal(expected, actual, tolerance):
         assert relative_error(a, e) <= tolerance, f"gradient {i}: relative error {relative_error(a, e):.2e}"
 
 
-FLAGS = list(itertools.product(["additive", "affine"], ["exp", "cayley", "householder"], [True, False], [2, 3]))
+FLAGS = list(itertools.product(["additive", "affine"], ["exp", "cayley", "householder"], [True, False], [2, 3],
+                               ["channels_last", "contiguous"]))
 
 
-@pytest.mark.parametrize("coupling,method,mixing,spatial_dims", FLAGS)
-def test_gradients_equal_plain_autograd_fp32(coupling, method, mixing, spatial_dims):
+@pytest.mark.parametrize("coupling,method,mixing,spatial_dims,memory_format", FLAGS)
+def test_gradients_equal_plain_autograd_fp32(coupling, method, mixing, spatial_dims, memory_format):
     """fp32 agreement is a rounding question: a near-cancelling gradient (e.g. 2 elements of ~2e-4) differs between
     any two fp32 summation orders, and thread counts change the order. So both fp32 paths are compared with the fp64
     truth of the same network, the memory-efficient one allowed 1e-5 of the gradient's norm plus a few times the
     error plain autograd makes itself (the fp64 comparison below stays at 1e-10)."""
-    net = _net(spatial_dims, coupling=coupling, resampling_method=method, mixing_method=method, channel_mixing=mixing)
+    net = _net(spatial_dims, coupling=coupling, resampling_method=method, mixing_method=method, channel_mixing=mixing,
+               memory_format=memory_format)
     x = _input(net)
     plain, efficient = _gradients(net, x, False), _gradients(net, x, True)
     truth = _gradients(net.double(), x.double(), False)

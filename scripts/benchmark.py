@@ -133,16 +133,20 @@ def targets(results: dict, device: str) -> list[str]:
         return r["step_seconds"] / r["forward_flops"]
 
     rows = []
-    me1, me8, plain8 = get("iunet", blocks=1), get("iunet", blocks=8), get("iunet-plain", blocks=8)
-    if me1 and me8:
-        growth = me8["peak_bytes"] / me1["peak_bytes"] - 1
-        state = 4 * 4 * (me8["parameters"] - me1["parameters"])  # params + grads + 2 Adam moments, fp32
-        rest = (me8["peak_bytes"] - state) / me1["peak_bytes"] - 1
-        rows.append(("memory-efficient peak, 1 → 8 blocks/level", "≤ +10 %", f"{growth:+.0%}", growth <= 0.10,
-                     f"without the added parameters, gradients and Adam moments ({state / MIB:.0f} MiB): {rest:+.0%}"))
-    if me8 and plain8:
-        ratio = me8["peak_bytes"] / plain8["peak_bytes"]
-        rows.append(("peak at 8 blocks/level vs own plain autograd", "≤ 0.5×", f"{ratio:.2f}×", ratio <= 0.5, ""))
+    for suffix, layout in (("", "channels-last"), ("-cf", "channels-first")):
+        me1, me8 = get("iunet" + suffix, blocks=1), get("iunet" + suffix, blocks=8)
+        plain8 = get("iunet-plain" + suffix, blocks=8)
+        if me1 and me8:
+            growth = me8["peak_bytes"] / me1["peak_bytes"] - 1
+            state = 4 * 4 * (me8["parameters"] - me1["parameters"])  # params + grads + 2 Adam moments, fp32
+            rest = (me8["peak_bytes"] - state) / me1["peak_bytes"] - 1
+            rows.append((f"memory-efficient peak, 1 → 8 blocks/level, {layout}", "≤ +10 %", f"{growth:+.0%}",
+                         growth <= 0.10, f"without the added parameters, gradients and Adam moments "
+                         f"({state / MIB:.0f} MiB): {rest:+.0%}"))
+        if me8 and plain8:
+            ratio = me8["peak_bytes"] / plain8["peak_bytes"]
+            rows.append((f"peak at 8 blocks/level vs own plain autograd, {layout}", "≤ 0.5×", f"{ratio:.2f}×",
+                         ratio <= 0.5, ""))
     ours, ref = get("iunet-refblock"), get("iunets-ref")
     if ours and ref:
         flops = ours["forward_flops"] / ref["forward_flops"] - 1
@@ -259,7 +263,10 @@ def report(results: dict, device: str, output: Path, sweeps: list[str]) -> None:
         "GroupNorm(1), Cayley resampling), blocks b = the reference's architecture entries 2b. The reference's "
         "exp/Cayley gradients are wrong (`gradcheck` fails): it is here for memory and speed only. On CPU, times "
         "depend on which kernel PyTorch picks per convolution (oneDNN, or its im2col fallback for small-channel 3D "
-        "convolutions under a size threshold, which is also why width 8 or 48³ can be slower than width 16 or 64³).",
+        "convolutions under a size threshold, which is also why width 8 or 48³ can be slower than width 16 or 64³). "
+        "IUNet layouts: channels-last is the default; rows measured with channels-first (`memory_format="
+        "\"contiguous\"`, the only layout before) are labelled so; `python scripts/benchmark.py --sweeps layout` "
+        "measures both side by side in one run.",
         "",
         "## Headline",
         "",

@@ -11,14 +11,17 @@ only differentiable PyTorch ops (``torch.linalg.matrix_exp``, ``torch.linalg.sol
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
 from .base import autocast_disabled
 
-__all__ = ["ORTHOGONAL_METHODS", "OrthogonalMatrix", "orthogonal_map", "haar_matrix", "random_orthogonal"]
+__all__ = [
+    "ORTHOGONAL_METHODS", "OrthogonalMatrix", "orthogonal_map", "haar_matrix", "random_orthogonal", "frozen_matrices",
+]
 
 ORTHOGONAL_METHODS = ("exp", "cayley", "householder")
 
@@ -105,6 +108,8 @@ class OrthogonalMatrix(nn.Module):
         learnable: if False, θ is a buffer (the matrix stays at its initial value).
     """
 
+    __jit_ignored_attributes__ = ["frozen"]  # eager-only (export); TorchScript always computes the matrices
+
     def __init__(self, batch: int, n: int, method: str, init: Tensor, learnable: bool = True) -> None:
         super().__init__()
         if method not in ORTHOGONAL_METHODS:
@@ -121,10 +126,17 @@ class OrthogonalMatrix(nn.Module):
             self.register_buffer("theta", theta)
         # float64 so that float64 use is exact too; cast to θ's dtype on use.
         self.register_buffer("base", init @ at_zero.mT)
+        self.frozen = None  # a constant value while frozen (see frozen_matrices)
 
     def forward(self) -> Tensor:
         if torch.jit.is_scripting():
             return self._compute()
+        return self._eager_value()
+
+    @torch.jit.unused
+    def _eager_value(self) -> Tensor:
+        if self.frozen is not None:
+            return self.frozen
         return self._compute_without_autocast()
 
     def value(self, dtype: torch.dtype) -> Tensor:
@@ -150,6 +162,28 @@ class OrthogonalMatrix(nn.Module):
         at_zero = orthogonal_map(self.theta.double(), self.method)
         self.base.copy_(matrix @ at_zero.mT)
 
+    def _freeze(self) -> None:
+        with torch.no_grad():
+            self.frozen = self._compute().detach().clone()
+
+    def _thaw(self) -> None:
+        self.frozen = None
+
     def extra_repr(self) -> str:
         batch, n, _ = self.base.shape
         return f"batch={batch}, n={n}, method={self.method!r}, learnable={isinstance(self.theta, nn.Parameter)}"
+
+
+@contextmanager
+def frozen_matrices(module: nn.Module) -> Iterator[nn.Module]:
+    """Within the context every :class:`OrthogonalMatrix` of ``module`` returns its current value as a constant
+    tensor: exporters see a fixed weight instead of ``matrix_exp``/``solve``/``householder_product`` (which ONNX
+    lacks), and inference skips recomputing the matrices. Training inside the context would not update them."""
+    matrices = [m for m in module.modules() if isinstance(m, OrthogonalMatrix)]
+    for matrix in matrices:
+        matrix._freeze()
+    try:
+        yield module
+    finally:
+        for matrix in matrices:
+            matrix._thaw()

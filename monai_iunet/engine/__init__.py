@@ -1,7 +1,16 @@
 """Memory-efficient backpropagation for invertible layers (no MONAI imports)."""
 
 from .accounting import SavedTensorBytes
-from .reversible import Concat, Program, Split, flatten_program, run, run_memory_efficient, run_program
+from .reversible import (
+    Concat,
+    Program,
+    Split,
+    flatten_program,
+    invert_program,
+    run,
+    run_memory_efficient,
+    run_program,
+)
 
 __all__ = [
     "SavedTensorBytes",
@@ -9,6 +18,7 @@ __all__ = [
     "Program",
     "Split",
     "flatten_program",
+    "invert_program",
     "run",
     "run_memory_efficient",
     "run_program",

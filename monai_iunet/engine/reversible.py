@@ -25,7 +25,9 @@ from torch import Tensor, nn
 
 from ..layers.base import InvertibleModule, InvertibleSequential, autocast_state
 
-__all__ = ["Split", "Concat", "Program", "flatten_program", "run_program", "run_memory_efficient", "run"]
+__all__ = [
+    "Split", "Concat", "Program", "flatten_program", "run_program", "invert_program", "run_memory_efficient", "run",
+]
 
 
 class Split(NamedTuple):
@@ -68,6 +70,20 @@ def run_program(program: Program, x: Tensor) -> Tensor:
     if skips:
         raise ValueError(f"program leaves {len(skips)} skip(s) unconsumed: every Split needs a matching Concat.")
     return x
+
+
+def invert_program(program: Program, y: Tensor) -> Tensor:
+    """Run a program backwards: the input that produced output ``y`` (each layer's ``inverse``, skips restored)."""
+    stack: list[Tensor] = []
+    for step in reversed(program):
+        if isinstance(step, Concat):
+            stack.append(y[:, : step.skip_channels])
+            y = y[:, step.skip_channels :]
+        elif isinstance(step, Split):
+            y = torch.cat([stack.pop(), y], dim=1)
+        else:
+            y = step.inverse(y)
+    return y
 
 
 def _invert_program(program: Program, y: Tensor, grad_y: Tensor) -> tuple[Tensor, dict[Tensor, Tensor]]:

@@ -9,7 +9,7 @@ from fractions import Fraction
 import torch
 from torch import Tensor, nn
 
-from ..engine.reversible import Concat, Program, Split, run
+from ..engine.reversible import Concat, Program, Split, invert_program, run
 from ..layers.base import (
     MEMORY_FORMATS,
     InvertibleIdentity,
@@ -263,13 +263,5 @@ class InvertibleUNet(InvertibleModule):
         channels_first = self.channels_last and not is_channels_last(y)
         if self.channels_last:
             y = to_channels_last(y)
-        skips: list[Tensor] = []
-        decoder = zip(self.upsampling, self.skip_channels[::-1], self.concat_mixing, self.decoder)
-        for up, n, mix, stage in reversed(list(decoder)):
-            y = mix.inverse(stage.inverse(y))
-            skips.append(y[:, :n])
-            y = up.inverse(y[:, n:])
-        y = self.bottom.inverse(y)
-        for down, mix, stage in zip(self.downsampling[::-1], self.split_mixing[::-1], self.encoder[::-1]):
-            y = stage.inverse(mix.inverse(torch.cat([skips.pop(), down.inverse(y)], dim=1)))
+        y = invert_program(self.program(), y)
         return y.contiguous() if channels_first else y

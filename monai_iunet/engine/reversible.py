@@ -16,7 +16,7 @@ so ``torch.autograd.grad``, gradient accumulation, hooks and DistributedDataPara
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import NamedTuple, Union
 
@@ -56,34 +56,31 @@ def flatten_program(program: Program) -> Program:
     return flat
 
 
-def run_program(program: Program, x: Tensor) -> Tensor:
-    """Run a program forward with ordinary autograd semantics (whatever grad mode is active)."""
+def _walk(steps, x: Tensor, push: type, pop: type, apply: Callable[[InvertibleModule, Tensor], Tensor]) -> Tensor:
+    """Walk program steps: a ``push`` marker moves its skip channels to the stack, a ``pop`` marker puts the most
+    recent skip back in front, a layer is applied. Forward pushes at Split; backwards (inversion) at Concat."""
     skips: list[Tensor] = []
-    for step in program:
-        if isinstance(step, Split):
+    for step in steps:
+        if isinstance(step, push):
             skips.append(x[:, : step.skip_channels])
             x = x[:, step.skip_channels :]
-        elif isinstance(step, Concat):
+        elif isinstance(step, pop):
             x = torch.cat([skips.pop(), x], dim=1)
         else:
-            x = step(x)
+            x = apply(step, x)
     if skips:
         raise ValueError(f"program leaves {len(skips)} skip(s) unconsumed: every Split needs a matching Concat.")
     return x
 
 
+def run_program(program: Program, x: Tensor) -> Tensor:
+    """Run a program forward with ordinary autograd semantics (whatever grad mode is active)."""
+    return _walk(program, x, Split, Concat, lambda layer, t: layer(t))
+
+
 def invert_program(program: Program, y: Tensor) -> Tensor:
     """Run a program backwards: the input that produced output ``y`` (each layer's ``inverse``, skips restored)."""
-    stack: list[Tensor] = []
-    for step in reversed(program):
-        if isinstance(step, Concat):
-            stack.append(y[:, : step.skip_channels])
-            y = y[:, step.skip_channels :]
-        elif isinstance(step, Split):
-            y = torch.cat([stack.pop(), y], dim=1)
-        else:
-            y = step.inverse(y)
-    return y
+    return _walk(reversed(program), y, Concat, Split, lambda layer, t: layer.inverse(t))
 
 
 def _invert_program(program: Program, y: Tensor, grad_y: Tensor) -> tuple[Tensor, dict[Tensor, Tensor]]:

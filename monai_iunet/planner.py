@@ -33,6 +33,7 @@ Command line (``--network`` reads a bundle config's ``network_def``, e.g. ``conf
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import weakref
@@ -44,6 +45,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from .networks import IUNet
+from .networks.invertible_unet import unet_plan
 
 __all__ = ["CPU_RUNTIME_BYTES", "MemoryEstimate", "MemoryPlanner", "largest_width", "main"]
 
@@ -296,12 +298,16 @@ class MemoryPlanner:
 
 
 def _width_step(network_kwargs: dict) -> int:
-    """The smallest width ``IUNet`` accepts with these arguments; every valid width is a multiple of it."""
+    """The smallest width ``IUNet`` accepts with these arguments; every valid width is a multiple of it. Found from
+    the core's channel plan alone (:func:`~monai_iunet.networks.invertible_unet.unet_plan`), no network built."""
+    arguments = inspect.signature(IUNet).bind_partial(**network_kwargs)
+    arguments.apply_defaults()
+    values = {**arguments.arguments, **arguments.arguments.get("core_kwargs", {})}
     error = None
     for width in range(2, 1025):
         try:
-            with torch.device("meta"):
-                IUNet(**{**network_kwargs, "channels": width})
+            unet_plan(values["spatial_dims"], width, values["num_levels"], values["blocks_per_level"],
+                      values["strides"], values.get("split_fraction"))
         except ValueError as e:
             error = e
             continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
@@ -21,7 +22,7 @@ from ..layers.base import (
 from ..layers.resampling import InvertibleChannelMixing, OrthogonalDownsampling, OrthogonalUpsampling, as_strides
 from .blocks import coupling_block
 
-__all__ = ["InvertibleUNet", "level_strides"]
+__all__ = ["InvertibleUNet", "UNetPlan", "level_strides", "unet_plan"]
 
 
 def _per_level(value, num_levels: int, name: str) -> list:
@@ -49,6 +50,72 @@ def level_strides(strides, spatial_dims: int, num_resamplings: int) -> list[tupl
             f"(num_levels - 1), got {strides!r}."
         )
     return [as_strides(s, spatial_dims, f"strides[{i}]") for i, s in enumerate(per_level)]
+
+
+@dataclass(frozen=True)
+class UNetPlan:
+    """The channel and stride plan of an :class:`InvertibleUNet`: everything about its topology that sizes depend on.
+
+    ``level_channels[i]`` channels at level i; ``skip_channels[i]`` of them are split off as level i's skip;
+    ``level_strides[i]`` is the per-axis downsampling stride below level i; ``blocks[i]`` couplings at level i.
+    """
+
+    level_channels: tuple[int, ...]
+    skip_channels: tuple[int, ...]
+    level_strides: tuple[tuple[int, ...], ...]
+    blocks: tuple[int, ...]
+    spatial_dims: int
+
+    @property
+    def total_stride(self) -> list[int]:
+        """Per-axis factor that input sizes must be multiples of."""
+        return [math.prod(axis) for axis in zip(*self.level_strides)] or [1] * self.spatial_dims
+
+
+def unet_plan(
+    spatial_dims: int,
+    channels: int,
+    num_levels: int,
+    blocks_per_level: int | Sequence[int] = 2,
+    strides: int | Sequence = 2,
+    split_fraction: float | Sequence[float] | None = None,
+) -> UNetPlan:
+    """The :class:`UNetPlan` of an :class:`InvertibleUNet` with these arguments (same meaning), without building it;
+    ``ValueError`` for arguments that make no valid network. Pure and cheap: the constructor, ``IUNet``'s padding
+    and the memory planner's width search all use it."""
+    if spatial_dims not in (1, 2, 3):
+        raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}.")
+    if num_levels < 1:
+        raise ValueError(f"num_levels must be at least 1, got {num_levels}.")
+    if channels < 2:
+        raise ValueError(f"channels must be at least 2 (coupling layers split channels), got {channels}.")
+    blocks = [int(b) for b in _per_level(blocks_per_level, num_levels, "blocks_per_level")]
+    if any(b < 0 for b in blocks):
+        raise ValueError(f"blocks_per_level must be non-negative, got {blocks_per_level!r}.")
+    strides_per_level = level_strides(strides, spatial_dims, num_levels - 1)
+    sigmas = [math.prod(s) for s in strides_per_level]
+    if any(s < 2 for s in sigmas):
+        raise ValueError(f"every level must downsample (prod(stride) >= 2), got strides {strides_per_level}.")
+    if split_fraction is None:
+        fractions = [min(Fraction(2, s), Fraction(1, 2)) for s in sigmas]
+    else:
+        fractions = [
+            Fraction(f).limit_denominator(10_000) for f in _per_level(split_fraction, num_levels - 1, "split_fraction")
+        ]
+    level_channels, skip_channels = [channels], []
+    for i, (fraction, sigma) in enumerate(zip(fractions, sigmas)):
+        kept = fraction * level_channels[-1]
+        if not 0 < fraction < 1 or kept.denominator != 1:
+            raise ValueError(
+                f"split_fraction {float(fraction)} at level {i} must lie in (0, 1) and split its "
+                f"{level_channels[-1]} channels into whole parts; change channels or split_fraction."
+            )
+        skip_channels.append(level_channels[-1] - int(kept))
+        level_channels.append(int(kept) * sigma)
+    for i, (c, b) in enumerate(zip(level_channels, blocks)):
+        if b > 0 and c < 2:
+            raise ValueError(f"level {i} has {c} channel(s); its coupling layers need at least 2 (see channels).")
+    return UNetPlan(tuple(level_channels), tuple(skip_channels), tuple(strides_per_level), tuple(blocks), spatial_dims)
 
 
 class InvertibleUNet(InvertibleModule):
@@ -117,47 +184,14 @@ class InvertibleUNet(InvertibleModule):
         super().__init__()
         if memory_format not in MEMORY_FORMATS:
             raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}, got {memory_format!r}.")
-        if spatial_dims not in (1, 2, 3):
-            raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}.")
-        if num_levels < 1:
-            raise ValueError(f"num_levels must be at least 1, got {num_levels}.")
-        if channels < 2:
-            raise ValueError(f"channels must be at least 2 (coupling layers split channels), got {channels}.")
-        blocks = [int(b) for b in _per_level(blocks_per_level, num_levels, "blocks_per_level")]
-        if any(b < 0 for b in blocks):
-            raise ValueError(f"blocks_per_level must be non-negative, got {blocks_per_level!r}.")
-        strides_per_level = level_strides(strides, spatial_dims, num_levels - 1)
-        sigmas = [math.prod(s) for s in strides_per_level]
-        if any(s < 2 for s in sigmas):
-            raise ValueError(f"every level must downsample (prod(stride) >= 2), got strides {strides_per_level}.")
-        if split_fraction is None:
-            fractions = [min(Fraction(2, s), Fraction(1, 2)) for s in sigmas]
-        else:
-            fractions = [
-                Fraction(f).limit_denominator(10_000)
-                for f in _per_level(split_fraction, num_levels - 1, "split_fraction")
-            ]
-
-        level_channels, skip_channels = [channels], []
-        for i, (fraction, sigma) in enumerate(zip(fractions, sigmas)):
-            kept = fraction * level_channels[-1]
-            if not 0 < fraction < 1 or kept.denominator != 1:
-                raise ValueError(
-                    f"split_fraction {float(fraction)} at level {i} must lie in (0, 1) and split its "
-                    f"{level_channels[-1]} channels into whole parts; change channels or split_fraction."
-                )
-            skip_channels.append(level_channels[-1] - int(kept))
-            level_channels.append(int(kept) * sigma)
-        for i, (c, b) in enumerate(zip(level_channels, blocks)):
-            if b > 0 and c < 2:
-                raise ValueError(f"level {i} has {c} channel(s); its coupling layers need at least 2 (see channels).")
-
+        plan = unet_plan(spatial_dims, channels, num_levels, blocks_per_level, strides, split_fraction)
+        level_channels, blocks, strides_per_level = list(plan.level_channels), plan.blocks, plan.level_strides
         self.spatial_dims = spatial_dims
         self.memory_efficient = memory_efficient
         self.level_channels = level_channels
-        self.skip_channels = skip_channels
+        self.skip_channels = list(plan.skip_channels)
         self.level_strides = [list(s) for s in strides_per_level]
-        self.total_stride = [math.prod(axis) for axis in zip(*strides_per_level)] or [1] * spatial_dims
+        self.total_stride = plan.total_stride
         subnet = dict(
             num_convs=subnet_convs, kernel_size=kernel_size, norm=norm, act=act, adn_ordering=adn_ordering,
             zero_init=zero_init,
@@ -180,7 +214,7 @@ class InvertibleUNet(InvertibleModule):
                 OrthogonalDownsampling(
                     spatial_dims, c - n, s, resampling_method, resampling_init, learnable_resampling
                 )
-                for c, n, s in zip(level_channels, skip_channels, strides_per_level)
+                for c, n, s in zip(level_channels, plan.skip_channels, strides_per_level)
             ]
         )
         self.bottom = stage(num_levels - 1)

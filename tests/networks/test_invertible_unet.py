@@ -120,3 +120,30 @@ def test_subnet_layer_order_ends_at_the_zero_initialised_norm(ordering, num_conv
     subnet = coupling_subnet(2, 3, 5, num_convs=num_convs, adn_ordering=ordering)
     assert [type(m).__name__ for m in subnet] == layers
     assert subnet[-1].weight.abs().sum() == 0 and subnet(torch.randn(1, 3, 4, 4)).abs().max() == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(spatial_dims=3, num_levels=5, split_fraction=0.25),
+        dict(spatial_dims=3, num_levels=3, strides=[[2, 2, 1], 2]),
+        dict(spatial_dims=2, num_levels=4),
+        dict(spatial_dims=3, num_levels=2, blocks_per_level=[0, 1], split_fraction=0.5),
+    ],
+)
+def test_plan_is_the_topology_the_network_builds(kwargs):
+    """One description: the plan decides the valid widths and the channel/stride topology; the network follows it
+    and the planner's width search reads it without building networks."""
+    from monai_iunet.networks.invertible_unet import unet_plan
+    from monai_iunet.planner import _width_step
+
+    step = _width_step({"in_channels": 4, "out_channels": 3, **kwargs})
+    for width in range(2, step):
+        with pytest.raises(ValueError):
+            InvertibleUNet(channels=width, **kwargs)
+    with torch.device("meta"):
+        core = InvertibleUNet(channels=step, **kwargs)
+    plan = unet_plan(channels=step, **kwargs)
+    assert list(plan.level_channels) == core.level_channels and list(plan.skip_channels) == core.skip_channels
+    assert plan.total_stride == core.total_stride
+    assert [list(s) for s in plan.level_strides] == core.level_strides

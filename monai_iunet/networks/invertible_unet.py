@@ -153,7 +153,7 @@ class InvertibleUNet(InvertibleModule):
         memory_efficient: during training keep no activations and reconstruct them by inversion in backward.
         memory_format: ``"channels_last"`` (default; 2D/3D) keeps the state and the convolution weights with channels
             stored last, where oneDNN (CPU) and cuDNN run the sub-networks' small-channel convolutions fastest
-            (measured: ``docs/benchmarks/cpu.md``); ``"contiguous"`` keeps PyTorch's default channels-first layout.
+            (measured: ``docs/benchmarks/layout/cpu.md``); ``"contiguous"`` keeps PyTorch's default channels-first layout.
             Inputs may come in either layout; the output comes in the input's layout.
     """
 

@@ -62,14 +62,16 @@ class AdditiveCoupling(_Coupling):
         # grad_y themselves: each half is overwritten only after its last use), so backward allocates no
         # full-size tensor at the point where it needs the most memory.
         s = self.split
-        y1, y2 = like_layout(y[:, :s], y).detach(), y[:, s:].detach()
+        y1, y2 = y[:, :s].detach(), y[:, s:].detach()
         grad_y1, grad_y2 = grad_y[:, :s], grad_y[:, s:]
         x, grad_x = (y, grad_y) if overwrite else (torch.empty_like(y), torch.empty_like(grad_y))
         g_params, f_params = trainable_parameters(self.g), trainable_parameters(self.f)
+        # g reads y1 in the state's layout: a half-size copy for channels-last states, dropped once g is done
+        g_input = like_layout(y1, y).detach().requires_grad_(True)
         with torch.enable_grad():
-            y1.requires_grad_(True)
-            g_out = self.g(y1)
-        grads = torch.autograd.grad(g_out, [y1, *g_params], grad_y2.to(g_out.dtype), allow_unused=True)
+            g_out = self.g(g_input)
+        grads = torch.autograd.grad(g_out, [g_input, *g_params], grad_y2.to(g_out.dtype), allow_unused=True)
+        del g_input
         _add(grad_y1, grads[0], out=grad_x[:, :s])
         param_grads = dict(zip(g_params, grads[1:]))
         torch.sub(y2, g_out.detach(), out=x[:, s:])

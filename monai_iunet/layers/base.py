@@ -10,6 +10,7 @@ from torch import Tensor, nn
 __all__ = [
     "InvertibleModule", "InvertibleIdentity", "InvertibleSequential", "trainable_parameters", "autocast_state",
     "autocast_disabled", "MEMORY_FORMATS", "to_channels_last", "is_channels_last", "like_layout",
+    "weights_channels_last",
 ]
 
 MEMORY_FORMATS = ("channels_last", "contiguous")
@@ -32,6 +33,13 @@ def is_channels_last(x: Tensor) -> bool:
     if x.dim() == 4:
         return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     return False
+
+
+def weights_channels_last(module: nn.Module, spatial_dims: int) -> nn.Module:
+    """Store ``module``'s 2D/3D convolution weights channels-last (in place; other parameters keep their layout)."""
+    if spatial_dims > 1:
+        module.to(memory_format=torch.channels_last_3d if spatial_dims == 3 else torch.channels_last)
+    return module
 
 
 def like_layout(part: Tensor, whole: Tensor) -> Tensor:

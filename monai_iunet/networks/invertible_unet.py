@@ -18,6 +18,7 @@ from ..layers.base import (
     InvertibleSequential,
     is_channels_last,
     to_channels_last,
+    weights_channels_last,
 )
 from ..layers.resampling import InvertibleChannelMixing, OrthogonalDownsampling, OrthogonalUpsampling, as_strides
 from .blocks import coupling_block
@@ -238,7 +239,7 @@ class InvertibleUNet(InvertibleModule):
         self.decoder = nn.ModuleList([stage(i) for i in reversed(range(num_levels - 1))])
         self.channels_last = memory_format == "channels_last" and spatial_dims > 1
         if self.channels_last:
-            self.to(memory_format=torch.channels_last_3d if spatial_dims == 3 else torch.channels_last)
+            weights_channels_last(self, spatial_dims)
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != self.spatial_dims + 2:

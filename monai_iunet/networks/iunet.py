@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from monai.networks.layers.factories import Conv
 from torch import Tensor, nn
 
-from ..layers.base import to_channels_last
+from ..layers.base import to_channels_last, weights_channels_last
 from .invertible_unet import InvertibleUNet
 
 __all__ = ["IUNet"]
@@ -82,8 +82,9 @@ class IUNet(nn.Module):
         conv = Conv[Conv.CONV, spatial_dims]
         self.lift = conv(in_channels, channels, lift_kernel_size, padding=lift_kernel_size // 2)
         self.head = conv(channels, out_channels, head_kernel_size, padding=head_kernel_size // 2)
-        if self.core.channels_last:
-            self.to(memory_format=torch.channels_last_3d if spatial_dims == 3 else torch.channels_last)
+        if self.core.channels_last:  # the core's weights already are
+            weights_channels_last(self.lift, spatial_dims)
+            weights_channels_last(self.head, spatial_dims)
 
     @property
     def total_stride(self) -> list[int]:

@@ -30,23 +30,30 @@ def describe_error(error: BaseException) -> str:
 
 
 class BatchSegmentation:
-    """Segment the cases of a datalist one by one and write a NIfTI label map per case (and a DICOM SEG for DICOM
-    input). A case that fails is logged with its name and error and skipped; after all cases a report is written to
-    ``<output_dir>/inference_report.json`` and, if any case failed, ``RuntimeError`` is raised so that the run's exit
-    status says so.
+    """Segment the cases of a datalist one by one; per case write a NIfTI label map on the reference modality's grid
+    and, when the reference is a DICOM series, a DICOM SEG of that series.
+
+    A case that fails is logged with its name and error and the others go on. After all cases a report is written
+    to ``<output_dir>/inference_report.json``: per case its ``status`` (``ok``, ``partial``: some outputs written,
+    or ``failed``), every output with its own status (``written`` with the path, ``failed`` with the error, or
+    ``skipped``), and for each modality the file or series it came from (for studies: which series and why). If any
+    output failed, ``RuntimeError`` is raised after the report is written, so the run's exit status says so.
 
     Args:
-        cases: datalist items ``{"image": [4 paths], "case": optional name}``.
+        cases: datalist items: ``{"image": [4 paths]}``, ``{"image": one 4-channel file}`` or ``{"study": folder}``,
+            each with an optional ``"case"`` name.
         network: the network (weights loaded).
-        preprocessing: dict transform producing ``"image"`` (channel-first, no batch dimension).
+        preprocessing: dict transform producing ``"image"`` (channel-first, no batch dimension) and, under
+            ``sources_key``, where each modality came from (``LoadModalitiesd(sources_key=...)``).
         inferer: a MONAI inferer, e.g. ``SlidingWindowInferer``.
         postprocessing: dict transform mapping ``"pred"`` to a one-channel label map on the input's original grid
             (e.g. Activationsd, Invertd, AsDiscreted, BratsLabelsFromRegionsd).
         output_dir: where outputs go.
         device: device to run the network on.
         et_label: label of enhancing tumour in the outputs (4 or 3), also used for the DICOM SEG segments.
-        dicom_seg: write a DICOM SEG when a case's first image is a DICOM series folder.
-        amp: run the network under autocast (CUDA).
+        dicom_seg: write a DICOM SEG when the reference modality is a DICOM series.
+        amp: run the network under autocast (bf16 on CPU, fp16 on CUDA).
+        sources_key: the key under which preprocessing records the modalities' sources.
     """
 
     def __init__(
@@ -61,6 +68,7 @@ class BatchSegmentation:
         et_label: int = 4,
         dicom_seg: bool = True,
         amp: bool = False,
+        sources_key: str = "image_sources",
     ) -> None:
         self.cases = list(cases)
         self.network = network
@@ -72,6 +80,7 @@ class BatchSegmentation:
         self.et_label = et_label
         self.dicom_seg = dicom_seg
         self.amp = amp
+        self.sources_key = sources_key
         self.saver = SaveImage(
             output_dir=str(self.output_dir), output_postfix="seg", output_ext=".nii.gz", separate_folder=False,
             resample=False, output_dtype="uint8", print_log=False,
@@ -80,39 +89,65 @@ class BatchSegmentation:
     def run(self) -> dict:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.network.eval()
-        report = {"written": {}, "failed": {}}
+        cases = {}
         for item in tqdm(self.cases, desc="inference", unit="case"):
             name = case_name(item)
+            cases[name] = entry = {"status": "failed", "inputs": {}, "outputs": {}}
             try:
-                report["written"][name] = self._segment(name, item)
-                logger.info("case %s: wrote %s", name, ", ".join(report["written"][name]))
+                self._segment(name, item, entry)
             except Exception as error:  # one bad case must not stop the others
-                report["failed"][name] = describe_error(error)
-                logger.error("case %s failed: %s", name, report["failed"][name])
-        (self.output_dir / "inference_report.json").write_text(json.dumps(report, indent=2))
-        if report["failed"]:
+                entry["error"] = describe_error(error)
+            outputs = entry["outputs"].values()
+            written = [o for o in outputs if o["status"] == "written"]
+            failed = "error" in entry or any(o["status"] == "failed" for o in outputs)
+            entry["status"] = "partial" if failed and written else "failed" if failed else "ok"
+            for kind, output in entry["outputs"].items():
+                if output["status"] == "failed":
+                    logger.error("case %s: %s failed: %s", name, kind, output["error"])
+            if "error" in entry:
+                logger.error("case %s failed: %s", name, entry["error"])
+            logger.info("case %s: %s; wrote %s", name, entry["status"], ", ".join(o["path"] for o in written) or "nothing")
+        summary = {status: sorted(n for n, c in cases.items() if c["status"] == status)
+                   for status in ("ok", "partial", "failed")}
+        report = {"summary": summary, "cases": cases}
+        (self.output_dir / "inference_report.json").write_text(json.dumps(report, indent=2, default=str))
+        bad = summary["partial"] + summary["failed"]
+        if bad:
             raise RuntimeError(
-                f"{len(report['failed'])} of {len(self.cases)} case(s) failed ({', '.join(report['failed'])}); the "
-                f"others were written to {self.output_dir}. Details: {self.output_dir / 'inference_report.json'}"
+                f"{len(bad)} of {len(cases)} case(s) have failed outputs ({', '.join(bad)}); everything else was "
+                f"written to {self.output_dir}. Details: {self.output_dir / 'inference_report.json'}"
             )
         return report
 
-    def _segment(self, name: str, item: dict) -> list[str]:
+    def _segment(self, name: str, item: dict, entry: dict) -> None:
         data = self.preprocessing(dict(item))
+        sources = data.get(self.sources_key) or {}
+        reference_series = sources.get("reference_series")
+        entry["reference"] = sources.get("reference")
+        entry["inputs"] = {
+            m: {k: v for k, v in s.items() if k != "dicom_series"} for m, s in sources.get("modalities", {}).items()
+        }
         image = data["image"].unsqueeze(0).to(self.device)
         with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp):
             data["pred"] = self.inferer(image, self.network)[0].float().cpu()
         data = self.postprocessing(data)
         label: MetaTensor = data["pred"]
         label.meta["filename_or_obj"] = name
+        nifti = self.output_dir / f"{name}_seg.nii.gz"
         self.saver(label)
-        written = [str(self.output_dir / f"{name}_seg.nii.gz")]
-        first_image = Path(str(item["image"][0]))
-        if self.dicom_seg and first_image.is_dir():
+        entry["outputs"]["nifti"] = {"status": "written", "path": str(nifti)}
+        if not self.dicom_seg or reference_series is None:
+            why = "disabled (write_dicom_seg: false)" if not self.dicom_seg else "the reference image is not DICOM"
+            entry["outputs"]["dicom_seg"] = {"status": "skipped", "reason": why}
+            return
+        output = self.output_dir / f"{name}_seg.dcm"
+        try:
             # highdicom only when a DICOM SEG is written: MONAI Label's environment pins pydicom<3, which it refuses.
             from .data.dicom_seg import write_dicom_seg
 
-            output = self.output_dir / f"{name}_seg.dcm"
-            write_dicom_seg(label[0].numpy(), label.affine.numpy(), first_image, output, self.et_label)
-            written.append(str(output))
-        return written
+            write_dicom_seg(label[0].numpy(), label.affine.numpy(), reference_series, output, self.et_label)
+            entry["outputs"]["dicom_seg"] = {"status": "written", "path": str(output),
+                                             "source_series": reference_series.uid}
+        except Exception as error:  # the NIfTI is written; report the SEG's failure on its own
+            entry["outputs"]["dicom_seg"] = {"status": "failed", "error": describe_error(error),
+                                             "source_series": reference_series.uid}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -10,11 +11,24 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import LoadImage, MapTransform
+from monai.transforms import LoadImage, MapTransform, ResampleToMatch
 
+from .data.dicom_series import (
+    DicomSeries,
+    SeriesError,
+    describe_candidates,
+    index_dicom_files,
+    read_series_volume,
+    volume_to_metatensor,
+)
+from .data.series_selection import SelectionError, select_series
 from .data.synthetic import MODALITIES as BRATS_MODALITIES
+from .registration import register_rigid
 
 __all__ = ["LoadModalitiesd", "BratsLabelsFromRegionsd", "CaseError", "case_name"]
+
+
+logger = logging.getLogger(__name__)
 
 
 class CaseError(ValueError):
@@ -22,10 +36,12 @@ class CaseError(ValueError):
 
 
 def case_name(item: Mapping, key: str = "image") -> str:
-    """``item["case"]``; for one multi-channel file, its name without extension; otherwise the folder that holds all
-    of the case's images (skipping a ``dicom`` folder level)."""
+    """``item["case"]``; for a study item, the study folder's name; for one multi-channel file, its name without
+    extension; otherwise the folder that holds all of the case's images (skipping a ``dicom`` folder level)."""
     if "case" in item:
         return str(item["case"])
+    if key not in item and "study" in item:
+        return Path(str(item["study"])).resolve().name
     paths = [str(p) for p in (item[key] if isinstance(item[key], (list, tuple)) else [item[key]])]
     if not paths:
         return "<unnamed>"
@@ -49,22 +65,36 @@ def _strip_image_extension(name: str) -> str:
 
 
 class LoadModalitiesd(MapTransform):
-    """Load the modalities of a case and stack them as channels, from either form a datalist may give:
+    """Load the modalities of a case as channels on one grid, from any form a datalist may give:
 
-    - one file per modality (each a NIfTI file or a DICOM series folder), e.g. ``[t1, t1ce, t2, flair]``;
+    - one file per modality, e.g. ``{"image": [t1, t1ce, t2, flair]}``, each a NIfTI file or a DICOM series folder;
     - one multi-channel image holding the modalities as channels in ``modalities`` order (a path, or a list of one
-      path), e.g. a 4D NIfTI of shape X×Y×Z×4 — the form MONAI Label sends, one image per request.
+      path), e.g. a 4D NIfTI of shape X×Y×Z×4 — the form MONAI Label sends, one image per request;
+    - a DICOM study folder, ``{"study": folder, "case": optional name, "series": optional pins}``, as a PACS or CD
+      export leaves it: the series of each modality is chosen by ``series_rules`` (``data.series_selection``).
 
-    Unlike ``LoadImaged`` with a list of files, every file is checked and loaded on its own, so errors name the case
-    and the file: a missing modality, a file that does not exist, an empty DICOM folder, an unreadable or truncated
-    file, a wrong channel count, or modalities on different grids (shape or affine).
+    Modalities on different grids are resampled in patient coordinates onto the grid of the reference modality:
+    ``reference_modality`` for a study, the first modality for a list of files (as before). DICOM series of one
+    study must share a FrameOfReferenceUID, unless ``coregister`` registers them rigidly (elastix) to the reference.
+    Every file is checked and loaded on its own, so errors name the case and the file or series: a missing
+    modality, a file that does not exist, an empty DICOM folder, an unreadable or truncated file, a multi-volume
+    series, a wrong channel count, NaN/Inf voxels, a modality that does not overlap the reference.
 
     Args:
-        keys: keys whose value is the list of modality paths (relative paths were already joined by the datalist).
+        keys: keys whose value is the list of modality paths (relative paths were already joined by the datalist);
+            for a study item the key is created.
         modalities: names of the expected modalities in channel order, used in messages and to check the count.
-        reader: MONAI image reader (name or instance), e.g. ``"ITKReader"``; default picks by file type.
-        atol: tolerance (mm) when comparing the modalities' affines.
+        reader: MONAI image reader (name or instance) for image files, e.g. ``"NibabelReader"``; default picks by
+            file type. DICOM folders are always read through highdicom (``data.dicom_series``).
+        atol: tolerance (mm) when comparing the modalities' affines (below it, no resampling).
         check_finite: raise when an image holds NaN or Inf voxels.
+        reference_modality: the modality whose grid a study's channels are resampled to.
+        series_rules: ``{modality: rule}`` overriding ``DEFAULT_SERIES_RULES`` for study folders.
+        coregister: rigidly co-register every modality to the reference (for patients who moved between series).
+        sources_key: if given, ``data[sources_key]`` says per modality where the channel came from (file or series,
+            why it was chosen, its grid, whether it was resampled or registered) and which series is the reference;
+            its ``reference_series`` entry is the ``DicomSeries`` object a DICOM SEG refers to (None for files).
+        min_overlap: the smallest fraction of the reference grid a resampled modality must cover.
     """
 
     def __init__(
@@ -74,20 +104,39 @@ class LoadModalitiesd(MapTransform):
         reader=None,
         atol: float = 1e-3,
         check_finite: bool = True,
+        reference_modality: str = "t1ce",
+        series_rules: Mapping[str, Mapping] | None = None,
+        coregister: bool = False,
+        sources_key: str | None = None,
+        min_overlap: float = 0.5,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.check_finite = check_finite
         self.modalities = tuple(modalities)
+        if reference_modality not in self.modalities:
+            raise ValueError(f"reference_modality '{reference_modality}' is not one of {self.modalities}.")
+        self.check_finite = check_finite
         self.loader = LoadImage(reader=reader, image_only=True, ensure_channel_first=True)
         self.atol = atol
+        self.reference_modality = reference_modality
+        self.series_rules = series_rules
+        self.coregister = coregister
+        self.sources_key = sources_key
+        self.min_overlap = min_overlap
 
-    def _load(self, case: str, modality: str, path: str) -> MetaTensor:
+    def _check_finite(self, case: str, what: str, image: MetaTensor) -> MetaTensor:
+        if self.check_finite:
+            bad = int((~torch.isfinite(torch.as_tensor(image))).sum())
+            if bad:
+                raise CaseError(f"case {case}: {what} has {bad} NaN/Inf voxel(s).")
+        return image
+
+    def _load_file(self, case: str, modality: str, path: str) -> tuple[MetaTensor, dict]:
         file = Path(path)
         if not file.exists():
             raise CaseError(f"case {case}: {modality} file {file} does not exist.")
-        if file.is_dir() and not any(p.is_file() for p in file.iterdir()):
-            raise CaseError(f"case {case}: {modality} DICOM folder {file} is empty.")
+        if file.is_dir():
+            return self._load_series_folder(case, modality, file)
         try:
             image = self.loader(str(file))
         except Exception as error:  # readers raise many types; name the file whatever they raise
@@ -96,52 +145,135 @@ class LoadModalitiesd(MapTransform):
         spatial_dims = len(image.meta.get("spatial_shape", image.shape[1:]))
         while image.ndim > spatial_dims + 1 and image.shape[-1] == 1:
             image = image.squeeze(-1)
-        if self.check_finite:
-            bad = int((~torch.isfinite(torch.as_tensor(image))).sum())
-            if bad:
-                raise CaseError(f"case {case}: {modality} file {file} has {bad} NaN/Inf voxel(s).")
-        return image
+        return self._check_finite(case, f"{modality} file {file}", image), {"file": str(file)}
 
-    def _load_stacked(self, case: str, key: str, path: str) -> MetaTensor:
-        image = self._load(case, "/".join(self.modalities), path)
+    def _load_series_folder(self, case: str, modality: str, folder: Path) -> tuple[MetaTensor, dict]:
+        if not any(p.is_file() for p in folder.rglob("*")):
+            raise CaseError(f"case {case}: {modality} DICOM folder {folder} is empty.")
+        try:
+            series = index_dicom_files(folder)
+        except SeriesError as error:
+            raise CaseError(f"case {case}: {modality}: {error}") from error
+        candidates = [s for s in series if not s.excluded]
+        if len(candidates) != 1:
+            raise CaseError(
+                f"case {case}: {modality} DICOM folder {folder} holds {len(candidates)} usable volume series, "
+                f"expected one:\n{describe_candidates(series)}"
+            )
+        return self._load_series(case, modality, candidates[0]), {"folder": str(folder), "dicom_series": candidates[0]}
+
+    def _load_series(self, case: str, modality: str, series: DicomSeries) -> MetaTensor:
+        try:
+            image = volume_to_metatensor(read_series_volume(series), str(series.files[0].parent))
+        except SeriesError as error:
+            raise CaseError(f"case {case}: {modality}: {error}") from error
+        return self._check_finite(case, f"{modality} {series.label}", image)
+
+    def _load_stacked(self, case: str, key: str, path: str) -> tuple[MetaTensor, dict]:
+        image, source = self._load_file(case, "/".join(self.modalities), path)
         if image.shape[0] != len(self.modalities):
             raise CaseError(
                 f"case {case}: '{key}' is one file, {path}, with {image.shape[0]} channel(s); expected either "
                 f"{len(self.modalities)} channels ({', '.join(self.modalities)}, in this order) in one file or "
                 f"{len(self.modalities)} files, one per modality."
             )
-        return image
+        return image, {"reference": self.modalities[0], "reference_series": None,
+                       "modalities": {m: dict(source, channel=i) for i, m in enumerate(self.modalities)}}
 
-    def _load_separate(self, case: str, paths: list[str]) -> MetaTensor:
-        images = [self._load(case, m, p) for m, p in zip(self.modalities, paths)]
-        first = images[0]
-        for modality, path, image in zip(self.modalities, paths, images):
+    def _load_study(self, case: str, item: Mapping) -> tuple[dict[str, MetaTensor], dict[str, dict]]:
+        folder = Path(str(item["study"]))
+        try:
+            series = index_dicom_files(folder)
+            chosen = select_series(series, self.modalities, self.series_rules, item.get("series"))
+        except (SeriesError, SelectionError) as error:
+            raise CaseError(f"case {case}: study {folder}: {error}") from error
+        images = {m: self._load_series(case, m, c.series) for m, c in chosen.items()}
+        sources = {m: {"study": str(folder), **c.report(), "dicom_series": c.series} for m, c in chosen.items()}
+        return images, sources
+
+    def _onto_reference(self, case: str, images: dict[str, MetaTensor], sources: dict[str, dict], reference: str):
+        """Every modality on the reference's grid: frames of reference checked, optionally co-registered, then
+        resampled in patient coordinates where the grids differ."""
+        target = images[reference]
+        frames = {m: s["dicom_series"].frame_of_reference for m, s in sources.items() if s.get("dicom_series")}
+        stacked = []
+        for modality in self.modalities:
+            image, source = images[modality], sources[modality]
             if image.shape[0] != 1:
-                raise CaseError(f"case {case}: {modality} file {path} has {image.shape[0]} channels, expected 1.")
-            if image.shape[1:] != first.shape[1:] or not np.allclose(image.affine, first.affine, atol=self.atol):
+                raise CaseError(f"case {case}: {modality} {self._where(source)} has {image.shape[0]} channels, "
+                                "expected 1 (a 4D image given as one modality?).")
+            if modality != reference and self.coregister:
+                registration = register_rigid(target, image)
+                image = MetaTensor(image.as_tensor(), affine=torch.as_tensor(registration.aligned_affine(image.affine)))
+                source["registration"] = registration.report()
+            elif modality in frames and reference in frames and frames[modality] != frames[reference]:
                 raise CaseError(
-                    f"case {case}: {modality} file {path} is on a different grid than {self.modalities[0]} "
-                    f"({list(image.shape[1:])} vs {list(first.shape[1:])} voxels, affines "
-                    f"{np.round(np.asarray(image.affine), 3).tolist()} vs "
-                    f"{np.round(np.asarray(first.affine), 3).tolist()}); resample the modalities to one grid."
+                    f"case {case}: {modality} {self._where(source)} and {reference} {self._where(sources[reference])} "
+                    f"have different FrameOfReferenceUIDs ({frames[modality]} vs {frames[reference]}): they are not "
+                    "aligned by the scanner. Set coregister: true to register them rigidly."
                 )
-        stacked = torch.cat([torch.as_tensor(image) for image in images], dim=0)
-        return MetaTensor(stacked, affine=first.affine, meta=dict(first.meta))
+            same_grid = image.shape[1:] == target.shape[1:] and np.allclose(image.affine, target.affine, atol=self.atol)
+            source["resampled"] = not same_grid
+            if not same_grid:
+                image = self._resample(case, modality, source, image, target)
+            stacked.append(image.as_tensor())
+        sources[reference]["reference"] = True
+        meta = {k: v for k, v in target.meta.items() if k != "affine"}
+        return MetaTensor(torch.cat(stacked, dim=0), affine=target.affine, meta=meta)
+
+    def _resample(self, case: str, modality: str, source: dict, image: MetaTensor, target: MetaTensor) -> torch.Tensor:
+        resample = ResampleToMatch(mode="bilinear", padding_mode="zeros")
+        coverage = resample(MetaTensor(torch.ones_like(image.as_tensor()), affine=image.affine), target, mode="nearest")
+        covered = float(torch.as_tensor(coverage).mean())
+        source["reference_grid_covered"] = round(covered, 4)
+        if covered < self.min_overlap:
+            raise CaseError(
+                f"case {case}: {modality} {self._where(source)} covers only {covered:.0%} of the reference grid in "
+                "patient coordinates: the modalities do not show the same region (different sessions or a wrong "
+                "affine?)."
+            )
+        logger.info("case %s: %s resampled onto the reference grid (%.0f%% covered)", case, modality, 100 * covered)
+        return MetaTensor(resample(image, target).as_tensor(), affine=target.affine)
+
+    @staticmethod
+    def _where(source: dict) -> str:
+        if source.get("dicom_series") is not None:
+            return source["dicom_series"].label
+        return str(source.get("file") or source.get("folder"))
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
-        for key in self.key_iterator(d):
-            paths = [str(p) for p in (d[key] if isinstance(d[key], (list, tuple)) else [d[key]])]
+        for key in self.keys:
             case = case_name(d, key)
-            if len(paths) == 1 and len(self.modalities) > 1:
-                d[key] = self._load_stacked(case, key, paths[0])
-            elif len(paths) == len(self.modalities):
-                d[key] = self._load_separate(case, paths)
+            if key not in d and "study" in d:
+                images, sources = self._load_study(case, d)
+                reference = self.reference_modality
+            elif key not in d:
+                if self.allow_missing_keys:
+                    continue
+                raise CaseError(f"case {case}: the datalist item has neither '{key}' nor 'study'.")
             else:
-                raise CaseError(
-                    f"case {case}: expected {len(self.modalities)} modalities {list(self.modalities)} in '{key}' "
-                    f"(one file each, or one file with {len(self.modalities)} channels), got {len(paths)}: {paths}."
-                )
+                paths = [str(p) for p in (d[key] if isinstance(d[key], (list, tuple)) else [d[key]])]
+                if len(paths) == 1 and len(self.modalities) > 1:
+                    d[key], record = self._load_stacked(case, key, paths[0])
+                    if self.sources_key:
+                        d[self.sources_key] = record
+                    continue
+                if len(paths) != len(self.modalities):
+                    raise CaseError(
+                        f"case {case}: expected {len(self.modalities)} modalities {list(self.modalities)} in '{key}' "
+                        f"(one file each, or one file with {len(self.modalities)} channels), got {len(paths)}: {paths}."
+                    )
+                loaded = {m: self._load_file(case, m, p) for m, p in zip(self.modalities, paths)}
+                images, sources = {m: v[0] for m, v in loaded.items()}, {m: v[1] for m, v in loaded.items()}
+                reference = self.modalities[0]
+            d[key] = self._onto_reference(case, images, sources, reference)
+            if self.sources_key:
+                d[self.sources_key] = {
+                    "reference": reference,
+                    "reference_series": sources[reference].get("dicom_series"),
+                    "modalities": sources,
+                }
         return d
 
 

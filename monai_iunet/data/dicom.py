@@ -1,7 +1,11 @@
-"""Writing a volume as a DICOM MR series (pydicom), with geometry consistent with its NIfTI affine."""
+"""Writing volumes as DICOM MR series (pydicom), with geometry consistent with their NIfTI affines, and PACS-like
+study folders made of them: every modality on its own grid, a localizer and a diffusion series as distractors, all
+files of all series in one flat folder under random names.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +13,8 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-__all__ = ["write_dicom_series", "RAS_TO_LPS"]
+__all__ = ["SeriesSpec", "write_series", "write_dicom_series", "write_pacs_study", "resample_volume", "grid_affine",
+           "RAS_TO_LPS"]
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
@@ -18,47 +23,169 @@ def _uid(*parts: str) -> str:
     return generate_uid(entropy_srcs=list(parts))  # deterministic for the same parts
 
 
-def write_dicom_series(
-    images: dict[str, np.ndarray], affine: np.ndarray, output: str | Path, patient_id: str
-) -> dict[str, Path]:
-    """Write each ``{modality: (X, Y, Z) volume}`` as an axial MR series in ``output/<modality>/``.
+@dataclass
+class SeriesSpec:
+    """One MR series: ``volume`` (X, Y, Z, or X, Y, Z, V for V volumes at the same positions) on ``affine``
+    (voxel → RAS). Voxel (i, j, k) is pixel (row j, column i) of slice k."""
 
-    All series share the study and the FrameOfReferenceUID; voxel (i, j, k) of the volume is pixel (row j, column i)
-    of slice k, and ImagePositionPatient/ImageOrientationPatient/PixelSpacing follow from ``affine`` (voxel → RAS),
-    so readers (ITK, pydicom via MONAI) reconstruct the same grid. Intensities are stored as uint16 with a rescale
-    slope. Returns the series folders.
-    """
+    description: str
+    volume: np.ndarray
+    affine: np.ndarray
+    acquisition: str = "3D"
+    contrast_agent: str = ""
+    image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "OTHER")
+    slice_thickness: float | None = None  # default: the slice spacing (no gaps)
+    signed: bool = False
+    bits_stored: int = 16
+    frame_of_reference: str | None = None  # default: the study's
+    extra: dict = field(default_factory=dict)  # further attributes written to every instance
+
+
+def grid_affine(axes: np.ndarray, spacing, centre, shape) -> np.ndarray:
+    """Voxel → RAS affine of a grid whose voxel axes point along the columns of ``axes`` (RAS unit vectors), with
+    ``spacing`` mm steps, centred on ``centre`` (RAS, mm)."""
+    affine = np.eye(4)
+    affine[:3, :3] = np.asarray(axes, float) * np.asarray(spacing, float)
+    affine[:3, 3] = np.asarray(centre, float) - affine[:3, :3] @ (np.asarray(shape) - 1) / 2
+    return affine
+
+
+def resample_volume(volume: np.ndarray, affine: np.ndarray, target_affine: np.ndarray, shape) -> np.ndarray:
+    """``volume`` resampled (trilinear, zeros outside) onto the grid ``target_affine``/``shape``, in world space."""
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import SpatialResample
+
+    image = MetaTensor(torch.as_tensor(volume, dtype=torch.float32)[None], affine=torch.as_tensor(affine))
+    out = SpatialResample(mode="bilinear", padding_mode="zeros")(
+        image, dst_affine=torch.as_tensor(target_affine), spatial_size=tuple(int(n) for n in shape)
+    )
+    return np.asarray(out[0])
+
+
+def write_series(
+    spec: SeriesSpec,
+    output: str | Path,
+    study: dict,
+    series_number: int,
+    file_name=None,
+    first_instance: int = 0,
+) -> list[Path]:
+    """Write one series. ``study`` holds ``patient_id``, ``study_uid`` and ``frame_uid``; ``file_name(k)`` names
+    the k-th instance's file (default ``0001.dcm``…); instances are numbered from ``first_instance`` (to write a
+    series in parts). Returns the files."""
     output = Path(output)
-    study_uid, frame_uid = _uid(patient_id, "study"), _uid(patient_id, "frame")
+    output.mkdir(parents=True, exist_ok=True)
+    volume = spec.volume if spec.volume.ndim == 4 else spec.volume[..., None]
+    affine = np.asarray(spec.affine, float)
     direction = RAS_TO_LPS @ affine[:3, :3]  # columns: LPS step of voxel axes i, j, k
     spacing = np.linalg.norm(direction, axis=0)
     orientation = np.concatenate([direction[:, 0] / spacing[0], direction[:, 1] / spacing[1]])
-    folders = {}
-    for series_number, (modality, volume) in enumerate(images.items(), start=1):
-        folder = output / modality
-        folder.mkdir(parents=True, exist_ok=True)
-        series_uid = _uid(patient_id, modality, "series")
-        slope = max(float(volume.max()), 1e-6) / 4095.0
+    series_uid = _uid(study["patient_id"], spec.description, str(series_number), "series")
+    top = (1 << spec.bits_stored) - 1 if not spec.signed else (1 << (spec.bits_stored - 1)) - 1
+    slope = max(float(np.abs(volume).max()), 1e-6) / top
+    files = []
+    for v in range(volume.shape[3]):
         for k in range(volume.shape[2]):
+            index = first_instance + v * volume.shape[2] + k
             position = RAS_TO_LPS @ (affine[:3, :3] @ np.array([0.0, 0.0, k]) + affine[:3, 3])
-            ds = _slice_dataset(volume[:, :, k].T, slope)
-            ds.SOPInstanceUID = _uid(patient_id, modality, str(k))
+            ds = _slice_dataset(volume[:, :, k, v].T, slope, spec.signed, spec.bits_stored)
+            ds.SOPInstanceUID = _uid(series_uid, str(index))
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
-            ds.PatientID, ds.PatientName = patient_id, f"Synthetic^{patient_id}"
-            ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "1", series_number, k + 1
-            ds.SeriesDescription = modality.upper()
-            ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
-            ds.ImageOrientationPatient = [f"{v:.6f}" for v in orientation]
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study["study_uid"], series_uid
+            ds.FrameOfReferenceUID = spec.frame_of_reference or study["frame_uid"]
+            ds.PatientID, ds.PatientName = study["patient_id"], f"Synthetic^{study['patient_id']}"
+            ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "1", series_number, index + 1
+            ds.SeriesDescription = ds.ProtocolName = spec.description
+            ds.ImageType = list(spec.image_type)
+            ds.MRAcquisitionType = spec.acquisition
+            if spec.contrast_agent:
+                ds.ContrastBolusAgent = spec.contrast_agent
+            ds.ImagePositionPatient = [f"{p:.6f}" for p in position]
+            ds.ImageOrientationPatient = [f"{o:.8f}" for o in orientation]
             ds.PixelSpacing = [f"{spacing[1]:.6f}", f"{spacing[0]:.6f}"]  # row spacing (along j), column spacing (i)
-            ds.SliceThickness = f"{spacing[2]:.6f}"
-            ds.SliceLocation = f"{position[2]:.6f}"
-            ds.save_as(folder / f"{k + 1:04d}.dcm", enforce_file_format=True)
-        folders[modality] = folder
+            ds.SliceThickness = f"{spec.slice_thickness or spacing[2]:.6f}"
+            ds.SpacingBetweenSlices = f"{spacing[2]:.6f}"
+            for name, value in spec.extra.items():
+                setattr(ds, name, value)
+            path = output / (file_name(index) if file_name else f"{index + 1:04d}.dcm")
+            ds.save_as(path, enforce_file_format=True)
+            files.append(path)
+    return files
+
+
+def study_ids(patient_id: str) -> dict:
+    return {"patient_id": patient_id, "study_uid": _uid(patient_id, "study"), "frame_uid": _uid(patient_id, "frame")}
+
+
+def write_dicom_series(
+    images: dict[str, np.ndarray], affine: np.ndarray, output: str | Path, patient_id: str
+) -> dict[str, Path]:
+    """Write each ``{modality: (X, Y, Z) volume}`` as an MR series in ``output/<modality>/`` (one study, one frame
+    of reference, the grid of ``affine``), so readers (ITK, pydicom, highdicom) reconstruct that grid."""
+    study = study_ids(patient_id)
+    folders = {}
+    for number, (modality, volume) in enumerate(images.items(), start=1):
+        folders[modality] = Path(output) / modality
+        write_series(SeriesSpec(modality.upper(), volume, affine), folders[modality], study, number)
     return folders
 
 
-def _slice_dataset(pixels: np.ndarray, slope: float) -> pydicom.Dataset:
+# A realistic brain-tumour protocol: (modality, description, voxel axes (RAS columns), spacing, thickness, 3D?).
+_SAGITTAL = np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]], float).T  # columns: posterior, inferior, right
+_AXIAL = np.array([[1, 0, 0], [0, -1, 0], [0, 0, 1]], float).T
+_CORONAL = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], float).T
+PACS_PROTOCOL = (
+    ("t1", "SAG T1 MPRAGE", _SAGITTAL, (3.0, 3.0, 3.0), None, "3D"),
+    ("t1ce", "AX T1 POST GAD", _AXIAL, (3.0, 3.0, 3.0), None, "3D"),
+    ("t2", "AX T2 FSE", _AXIAL, (2.5, 2.5, 5.0), 4.0, "2D"),
+    ("flair", "COR T2 FLAIR", _CORONAL, (3.0, 3.0, 4.0), None, "2D"),
+)
+
+
+def write_pacs_study(
+    images: dict[str, np.ndarray], affine: np.ndarray, output: str | Path, patient_id: str, seed: int = 0
+) -> dict[str, str]:
+    """Write a case as a PACS export: one flat folder, random file names without extension, the four modalities
+    as series on their own grids (sagittal 3D T1, axial 3D T1 post-contrast with a ContrastBolusAgent, axial 2D T2
+    with 5 mm slices and gaps, coronal 2D FLAIR), a 3-plane localizer, a diffusion series (two b-values at the
+    same positions) and an ADC map (DERIVED). Returns ``{modality: SeriesInstanceUID}`` of the four modalities."""
+    rng = np.random.default_rng(seed)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    study = study_ids(patient_id)
+    extent = np.abs(affine[:3, :3]) @ (np.array(next(iter(images.values())).shape) - 1)
+    centre = affine[:3, :3] @ (np.array(next(iter(images.values())).shape) - 1) / 2 + affine[:3, 3]
+
+    def name(_: int) -> str:
+        return "".join(rng.choice(list("0123456789ABCDEF"), 16))
+
+    uids = {}
+    specs = []
+    for modality, description, axes, spacing, thickness, acquisition in PACS_PROTOCOL:
+        shape = np.maximum(np.round(np.abs(axes.T) @ extent / np.array(spacing)).astype(int) + 1, 1)
+        target = grid_affine(axes, spacing, centre, shape)
+        volume = resample_volume(images[modality], affine, target, shape)
+        specs.append((modality, SeriesSpec(description, volume, target, acquisition,
+                                           contrast_agent="Gadobutrol" if modality == "t1ce" else "",
+                                           slice_thickness=thickness)))
+    axial = grid_affine(_AXIAL, (4.0, 4.0, 6.0), centre, np.round(extent / (4, 4, 6)).astype(int) + 1)
+    shape = (np.round(extent / (4, 4, 6)).astype(int) + 1)
+    b0 = resample_volume(images["t2"], affine, axial, shape)
+    specs.append((None, SeriesSpec("AX DWI B0 B1000", np.stack([b0, 0.4 * b0], -1), axial, "2D")))
+    specs.append((None, SeriesSpec("AX ADC", 0.5 * b0, axial, "2D", image_type=("DERIVED", "PRIMARY", "ADC"))))
+    for number, (modality, spec) in enumerate(specs, start=2):
+        write_series(spec, output, study, number, name)
+        if modality:
+            uids[modality] = _uid(patient_id, spec.description, str(number), "series")
+    for plane, axes in enumerate((_AXIAL, _SAGITTAL, _CORONAL)):  # series 1: a 3-plane localizer, 3 slices each
+        loc_affine = grid_affine(axes, (6.0, 6.0, 10.0), centre, (32, 32, 3))
+        volume = resample_volume(images["t1"], affine, loc_affine, (32, 32, 3))
+        write_series(SeriesSpec("3-PLANE LOC", volume, loc_affine, "2D"), output, study, 1, name, 3 * plane)
+    return uids
+
+
+def _slice_dataset(pixels: np.ndarray, slope: float, signed: bool = False, bits_stored: int = 16) -> pydicom.Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -71,10 +198,15 @@ def _slice_dataset(pixels: np.ndarray, slope: float) -> pydicom.Dataset:
     ds.StudyDate = ds.SeriesDate = "20260101"
     ds.StudyTime = ds.SeriesTime = "120000"
     ds.AccessionNumber = ds.ReferringPhysicianName = ""
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
+    ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions = "GR", "SP", ""
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
+    ds.PixelRepresentation = int(signed)
     ds.RescaleIntercept, ds.RescaleSlope = "0", f"{slope:.8g}"
-    ds.PixelData = np.clip(np.round(pixels / slope), 0, 65535).astype(np.uint16).tobytes()
+    stored = np.round(pixels / slope)
+    if signed:
+        ds.PixelData = np.clip(stored, -(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1).astype("<i2").tobytes()
+    else:
+        ds.PixelData = np.clip(stored, 0, (1 << bits_stored) - 1).astype("<u2").tobytes()
     return ds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -107,7 +108,11 @@ def test_inference_reports_bad_cases_and_writes_the_others(trained, dataset, tmp
         "empty_dicom": "empty_dicom",
     }.items():
         assert case in report and words in report, (case, report)
-    assert "5 of 6 case(s) failed" in result.stderr + result.stdout
+    assert "5 of 6 case(s) have failed outputs" in result.stderr + result.stdout
+    cases = json.loads(report)["cases"]
+    assert cases["good"]["status"] == "ok" and cases["good"]["outputs"]["nifti"]["status"] == "written"
+    assert cases["good"]["outputs"]["dicom_seg"] == {"status": "skipped", "reason": "the reference image is not DICOM"}
+    assert all(cases[c]["status"] == "failed" and not cases[c]["outputs"] for c in cases if c != "good")
 
 
 @pytest.mark.skipif(not SCHEMA.is_file(), reason="MONAI metadata schema copy not present")

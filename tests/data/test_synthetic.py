@@ -9,7 +9,7 @@ from monai.transforms import LoadImage
 
 from monai_iunet.data.datalist import main as datalist_main
 from monai_iunet.data.datalist import make_datalist
-from monai_iunet.data.dicom_seg import labels_on_series_frames, read_series
+from monai_iunet.data.dicom_series import index_dicom_files, read_series_volume, volume_to_metatensor
 from monai_iunet.data.synthetic import MODALITIES, make_case, write_dataset
 
 
@@ -67,15 +67,11 @@ def test_dicom_series_matches_nifti(tmp_path, reader):
     assert dicom.shape == nifti.shape
     np.testing.assert_allclose(dicom.affine, nifti.affine, atol=1e-3)
     np.testing.assert_allclose(np.asarray(dicom), np.asarray(nifti), atol=float(nifti.max()) / 4000)
-    series = read_series(case / "dicom" / "flair")
-    assert len({ds.FrameOfReferenceUID for ds in series}) == 1
-    assert {ds.StudyInstanceUID for ds in series} == {ds.StudyInstanceUID for ds in read_series(case / "dicom" / "t1")}
-
-
-def test_labels_on_series_frames_round_trip(tmp_path):
-    write_dataset(tmp_path, cases=1, shape=(24, 20, 16), spacing=4.0, dicom_cases=1)
-    case = tmp_path / "BraTS20_Training_001"
-    label = nib.load(case / "BraTS20_Training_001_seg.nii.gz")
-    frames = labels_on_series_frames(np.asarray(label.dataobj), label.affine, read_series(case / "dicom" / "t1"))
-    # slice k is volume[:, :, k] transposed (rows along j)
-    np.testing.assert_array_equal(frames, np.asarray(label.dataobj).transpose(2, 1, 0))
+    (flair,) = index_dicom_files(case / "dicom" / "flair")
+    (t1,) = index_dicom_files(case / "dicom" / "t1")
+    assert flair.frame_of_reference == t1.frame_of_reference and flair.uid != t1.uid
+    # highdicom's reading (the inference path) gives the NIfTI's voxels at the NIfTI's world positions.
+    volume = volume_to_metatensor(read_series_volume(flair), "flair")
+    world = volume.affine.numpy() @ np.array([3.0, 5.0, 7.0, 1.0])
+    voxel = np.rint(np.linalg.inv(nifti.affine.numpy()) @ world).astype(int)[:3]
+    np.testing.assert_allclose(float(volume[0, 3, 5, 7]), float(nifti[tuple(voxel)]), atol=float(nifti.max()) / 4000)

@@ -35,11 +35,33 @@ def test_load_modalities_stacks_and_checks(tmp_path):
     two_channels = _write(tmp_path / "c_two.nii.gz", np.stack([volume, volume], -1))
     with pytest.raises(CaseError, match="c_two.nii.gz has 2 channels"):
         LoadModalitiesd("image")({"image": paths[:3] + [two_channels]})
-    shifted = _write(tmp_path / "c_shifted.nii.gz", volume, np.diag([2.0, 2.0, 2.0, 1.0]))
-    with pytest.raises(CaseError, match="different grid"):
-        LoadModalitiesd("image")({"image": [shifted] + paths[1:], "case": "case7"})
+    far = np.eye(4)
+    far[:3, 3] = 6.0  # same voxels, 6 mm away: overlaps the first modality's grid in only 2³ of 8³ voxels
+    shifted = _write(tmp_path / "c_shifted.nii.gz", volume, far)
+    with pytest.raises(CaseError, match=r"case case7: t1ce .*c_shifted.nii.gz covers only 2% of the reference grid"):
+        LoadModalitiesd("image")({"image": [paths[0], shifted] + paths[2:], "case": "case7"})
     with pytest.raises(CaseError, match="case case7: expected 4 modalities"):
         LoadModalitiesd("image")({"image": paths[:2], "case": "case7"})
+
+
+def test_modalities_on_other_grids_are_resampled_in_world_coordinates(tmp_path):
+    """A coarser, shifted T2 lands on the first modality's grid: a linear ramp in world x survives resampling."""
+    fine = np.diag([1.0, 1.0, 1.0, 1.0])
+    ramp = np.broadcast_to(np.arange(16, dtype=np.float32)[:, None, None], (16, 16, 16))  # value = world x (mm)
+    coarse = np.diag([2.0, 2.0, 2.0, 1.0])
+    coarse[:3, 3] = [1.0, 0.0, 0.0]  # centre of voxel 0 at x = 1 mm
+    coarse_ramp = np.broadcast_to((1.0 + 2.0 * np.arange(8, dtype=np.float32))[:, None, None], (8, 8, 8))
+    paths = [_write(tmp_path / f"{m}.nii.gz", ramp, fine) for m in ("t1", "t1ce", "flair")]
+    t2 = _write(tmp_path / "t2.nii.gz", coarse_ramp, coarse)
+    loader = LoadModalitiesd("image", sources_key="sources")
+    data = loader({"image": paths[:2] + [t2] + paths[2:]})
+    image, sources = data["image"], data["sources"]
+    assert image.shape == (4, 16, 16, 16)
+    np.testing.assert_allclose(image.affine.numpy(), fine)
+    # inside the coarse grid's extent (x from 1 to 15 mm) the ramp is exact under linear interpolation
+    np.testing.assert_allclose(image[2, 1:16, 2:12, 2:12].numpy(), ramp[1:16, 2:12, 2:12], atol=1e-4)
+    assert sources["reference"] == "t1" and sources["modalities"]["t2"]["resampled"] is True
+    assert sources["modalities"]["t1ce"]["resampled"] is False
 
 
 def test_save_atomically_never_leaves_a_truncated_file(tmp_path, monkeypatch):

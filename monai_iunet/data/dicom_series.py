@@ -1,0 +1,282 @@
+"""DICOM series as a clinical pipeline meets them: index a study folder, tell image volumes from everything else, read
+a series as a volume with highdicom's geometry, and hand it to MONAI as a ``MetaTensor``.
+
+A study folder is whatever a PACS or CD export leaves: any nesting, any file names, no extensions, a DICOMDIR or not,
+every series mixed together. Files are grouped by SeriesInstanceUID. A series is a *volume candidate* only if it is
+one regularly sampled 3D volume of original images: non-image objects (SR, SEG, PR, …), localizers (ImageType
+LOCALIZER or more than one slice orientation), derived or secondary images, series with too few slices and
+multi-volume series (diffusion, perfusion, repeated positions) are indexed with the reason they are not candidates.
+Single-frame and enhanced multi-frame series are both read through highdicom, which sorts the slices and checks their
+spacing; orientation jitter in the last decimals (GE) is tolerated up to ``ORIENTATION_TOLERANCE``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+__all__ = [
+    "DicomSeries",
+    "describe_candidates",
+    "SeriesError",
+    "index_dicom_files",
+    "read_series_volume",
+    "volume_to_metatensor",
+    "ORIENTATION_TOLERANCE",
+]
+
+logger = logging.getLogger(__name__)
+
+# 1 - cos(angle) between slice orientations that still count as one orientation: 1e-6 is 0.08°, far above the
+# rounding jitter scanners write (GE: 10th decimal) and far below a real change of plane.
+ORIENTATION_TOLERANCE = 1e-6
+# Positions closer than this (mm) along the slice normal are the same slice position (another volume, echo, b-value).
+POSITION_TOLERANCE = 0.01
+NON_IMAGE_MODALITIES = {"SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN", "RTDOSE", "REG", "DOC", "OT"}
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+
+class SeriesError(ValueError):
+    """A DICOM series that cannot be used as a volume; the message names the series."""
+
+
+@dataclass
+class DicomSeries:
+    """One series of a study folder: what it is, where its files are and, if it is not a volume candidate, why."""
+
+    uid: str
+    files: list[Path]
+    modality: str = ""
+    number: int | None = None
+    description: str = ""
+    protocol: str = ""
+    sequence: str = ""
+    image_type: tuple[str, ...] = ()
+    contrast_agent: str = ""
+    acquisition_type: str = ""  # MRAcquisitionType: 2D or 3D
+    frame_of_reference: str = ""
+    rows: int = 0
+    columns: int = 0
+    pixel_spacing: tuple[float, float] = (0.0, 0.0)
+    slice_spacing: float = 0.0
+    positions: int = 0  # distinct slice positions
+    volumes: int = 0  # images per position
+    orientations: int = 0
+    multiframe: bool = False
+    excluded: str | None = None  # why this series is not a volume candidate
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """How messages name the series."""
+        number = f"#{self.number} " if self.number is not None else ""
+        return f"series {number}'{self.description or self.protocol or '?'}' ({self.uid})"
+
+    @property
+    def text(self) -> str:
+        """The free-text fields series rules match against."""
+        return " ".join(dict.fromkeys(t for t in (self.description, self.protocol, self.sequence) if t))
+
+    def summary(self) -> dict:
+        """What the inference report says about the series."""
+        return {
+            "series_instance_uid": self.uid,
+            "series_number": self.number,
+            "description": self.description,
+            "protocol": self.protocol,
+            "acquisition": self.acquisition_type or None,
+            "grid": {
+                "slices": self.positions,
+                "rows": self.rows,
+                "columns": self.columns,
+                "spacing_mm": [round(float(s), 4) for s in (*self.pixel_spacing, self.slice_spacing)],
+            },
+            "files": len(self.files),
+        }
+
+
+def _frame_geometry(ds: pydicom.Dataset) -> tuple[list[np.ndarray], list[np.ndarray], tuple[float, float]]:
+    """Per image (frame) position and orientation, and the pixel spacing, for single- and multi-frame datasets."""
+    if "PerFrameFunctionalGroupsSequence" in ds:
+        shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else pydicom.Dataset()
+
+        def item(frame: pydicom.Dataset, name: str) -> pydicom.Dataset:
+            return (frame if name in frame else shared)[name][0]
+
+        frames = ds.PerFrameFunctionalGroupsSequence
+        positions = [np.asarray(item(f, "PlanePositionSequence").ImagePositionPatient, float) for f in frames]
+        orientations = [np.asarray(item(f, "PlaneOrientationSequence").ImageOrientationPatient, float) for f in frames]
+        spacing = item(frames[0], "PixelMeasuresSequence").PixelSpacing
+    else:
+        positions = [np.asarray(ds.ImagePositionPatient, float)]
+        orientations = [np.asarray(ds.ImageOrientationPatient, float)]
+        spacing = ds.PixelSpacing
+    return positions, orientations, (float(spacing[0]), float(spacing[1]))
+
+
+def _orientation_groups(orientations: list[np.ndarray]) -> list[np.ndarray]:
+    groups: list[np.ndarray] = []
+    for o in orientations:
+        if not any(o[:3] @ g[:3] >= 1 - ORIENTATION_TOLERANCE and o[3:] @ g[3:] >= 1 - ORIENTATION_TOLERANCE
+                   for g in groups):
+            groups.append(o)
+    return groups
+
+
+def _summarise(uid: str, entries: list[tuple[Path, pydicom.Dataset]], min_slices: int) -> DicomSeries:
+    files = sorted(path for path, _ in entries)
+    first = entries[0][1]
+    series = DicomSeries(
+        uid=uid,
+        files=files,
+        modality=str(first.get("Modality", "")),
+        number=int(first.SeriesNumber) if first.get("SeriesNumber") not in (None, "") else None,
+        description=str(first.get("SeriesDescription", "")),
+        protocol=str(first.get("ProtocolName", "")),
+        sequence=str(first.get("SequenceName", first.get("PulseSequenceName", ""))),
+        image_type=tuple(str(v).upper() for v in (first.get("ImageType") or ())),
+        contrast_agent=str(first.get("ContrastBolusAgent", "") or ""),
+        acquisition_type=str(first.get("MRAcquisitionType", "") or ""),
+        frame_of_reference=str(first.get("FrameOfReferenceUID", "")),
+        rows=int(first.get("Rows", 0) or 0),
+        columns=int(first.get("Columns", 0) or 0),
+        multiframe=int(first.get("NumberOfFrames", 1) or 1) > 1,
+    )
+    if series.modality in NON_IMAGE_MODALITIES or not all("PixelData" in ds or "FloatPixelData" in ds
+                                                           for _, ds in entries):
+        series.excluded = f"not an image series (Modality {series.modality or '?'})"
+        return series
+    try:
+        geometry = [_frame_geometry(ds) for _, ds in entries]
+    except (AttributeError, KeyError, IndexError, TypeError) as error:
+        series.excluded = f"no patient geometry (ImagePositionPatient/ImageOrientationPatient): {error}"
+        return series
+    positions = [p for g in geometry for p in g[0]]
+    orientations = [o for g in geometry for o in g[1]]
+    series.pixel_spacing = geometry[0][2]
+    groups = _orientation_groups(orientations)
+    series.orientations = len(groups)
+    normal = np.cross(groups[0][:3], groups[0][3:])
+    along = np.sort(np.array([p @ normal for p in positions]))
+    distinct = along[np.concatenate([[True], np.diff(along) > POSITION_TOLERANCE])]
+    series.positions = len(distinct)
+    series.volumes = len(positions) // max(series.positions, 1)
+    series.slice_spacing = float(np.median(np.diff(distinct))) if len(distinct) > 1 else 0.0
+    if any(t in series.image_type for t in ("LOCALIZER", "SCOUT")):
+        series.excluded = "localizer (ImageType LOCALIZER)"
+    elif len(groups) > 1:
+        series.excluded = f"localizer or mixed planes: slices in {len(groups)} orientations"
+    elif series.image_type[:1] == ("DERIVED",) or "SECONDARY" in series.image_type[1:2]:
+        series.excluded = "derived or secondary images (ImageType " + "\\".join(series.image_type) + ")"
+    elif len(positions) != series.positions:
+        series.excluded = (
+            f"multi-volume series: {len(positions)} images at {series.positions} slice positions "
+            f"({len(positions) / series.positions:g} volumes, e.g. diffusion, perfusion or repeated slices)"
+        )
+    elif series.positions < min_slices:
+        series.excluded = f"only {series.positions} slice(s) (a volume needs at least {min_slices})"
+    return series
+
+
+def index_dicom_files(folder: str | Path, min_slices: int = 8) -> list[DicomSeries]:
+    """Every DICOM series under ``folder`` (recursively, any file names), grouped by SeriesInstanceUID, sorted by
+    series number. Files that are not DICOM and DICOMDIR files are skipped; non-candidates carry ``excluded``.
+
+    Raises:
+        SeriesError: the folder does not exist or holds no DICOM file.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SeriesError(f"DICOM folder {folder} does not exist or is not a folder.")
+    by_series: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
+    skipped = 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=False, defer_size="1 KB")
+        except (InvalidDicomError, OSError, EOFError, ValueError):
+            skipped += 1
+            continue
+        sop_class = str(getattr(ds.get("file_meta", pydicom.Dataset()), "MediaStorageSOPClassUID", ""))
+        if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds or "SeriesInstanceUID" not in ds:
+            skipped += 1
+            continue
+        by_series.setdefault(str(ds.SeriesInstanceUID), []).append((path, ds))
+    if not by_series:
+        raise SeriesError(f"DICOM folder {folder} holds no DICOM files ({skipped} other file(s) skipped).")
+    if skipped:
+        logger.info("%s: skipped %d file(s) that are not DICOM image objects", folder, skipped)
+    series = [_summarise(uid, entries, min_slices) for uid, entries in by_series.items()]
+    return sorted(series, key=lambda s: (s.number if s.number is not None else 1 << 30, s.uid))
+
+
+def read_series_volume(series: DicomSeries):
+    """The series as a ``highdicom.Volume`` (stored values through the modality transform, float32), slices sorted
+    and checked for regular spacing by highdicom.
+
+    Raises:
+        SeriesError: naming the series: not a volume candidate (e.g. multi-volume), irregular spacing, undecodable
+            pixel data (a compressed transfer syntax without its decoder, a truncated file).
+    """
+    import highdicom as hd
+
+    if series.excluded:
+        raise SeriesError(f"{series.label} cannot be used as a volume: {series.excluded}.")
+    try:
+        if series.multiframe:
+            if len(series.files) != 1:
+                raise SeriesError(f"{series.label} has {len(series.files)} multi-frame files; expected one.")
+            volume = hd.imread(str(series.files[0])).get_volume(dtype=np.float32)
+        else:
+            datasets = [pydicom.dcmread(f) for f in series.files]
+            volume = hd.get_volume_from_series(
+                datasets, dtype=np.float32, orientation_tol=ORIENTATION_TOLERANCE,
+                apply_real_world_transform=False,
+            )
+    except SeriesError:
+        raise
+    except Exception as error:  # highdicom and the pixel decoders raise many types; name the series whatever they say
+        raise SeriesError(
+            f"cannot read {series.label} from {series.files[0].parent} as a volume ({type(error).__name__}: {error})"
+        ) from error
+    return volume
+
+
+def volume_to_metatensor(volume, name: str):
+    """A ``highdicom.Volume`` (array ``(slices, rows, columns)``, affine to LPS) as a channel-first MONAI
+    ``MetaTensor`` ``(1, columns, rows, slices)`` with an affine to RAS and the meta a reader would give: the voxel
+    order of ITK, dcm2niix and MONAI's DICOM readers, so a NIfTI written from it has the grid users know."""
+    import torch
+    from monai.data import MetaTensor
+    from monai.utils import SpaceKeys
+
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(volume.affine, dtype=np.float64)
+    affine[:, :3] = affine[:, [2, 1, 0]]
+    array = np.asarray(volume.array, dtype=np.float32).transpose(2, 1, 0)
+    if np.dot(np.cross(affine[:3, 0], affine[:3, 1]), affine[:3, 2]) < 0:  # slices along the normal, as ITK sorts
+        array = array[:, :, ::-1]
+        affine[:3, 3] += affine[:3, 2] * (array.shape[2] - 1)
+        affine[:3, 2] *= -1
+    array = np.ascontiguousarray(array)
+    meta = {
+        "filename_or_obj": name,
+        "original_affine": affine,
+        "spatial_shape": np.asarray(array.shape),
+        "original_channel_dim": "no_channel",
+        "space": SpaceKeys.RAS,
+    }
+    return MetaTensor(torch.from_numpy(array)[None], affine=torch.as_tensor(affine), meta=meta)
+
+
+def describe_candidates(series: list[DicomSeries]) -> str:
+    """One line per series: number, description, grid and, for non-candidates, why."""
+    lines = []
+    for s in series:
+        grid = f"{s.positions}×{s.rows}×{s.columns}" if s.positions else f"{s.rows}×{s.columns}"
+        reason = f" — not a candidate: {s.excluded}" if s.excluded else ""
+        lines.append(f"  #{s.number} '{s.description}' [{s.modality}, {s.acquisition_type or '?'}, {grid}]{reason}")
+    return "\n".join(lines)

@@ -1,10 +1,13 @@
 #!/usr/bin/env python
-"""The main job on a fresh machine (``make demo``): synthetic BraTS data → train → evaluate → infer on NIfTI and DICOM.
+"""The main job on a fresh machine (``make demo``): synthetic BraTS data → train → evaluate → infer on NIfTI and DICOM
+→ segment a PACS-like DICOM study with the one-command entry point.
 
 Everything runs through the real bundle with ``python -m monai.bundle run`` on CPU, with the small preset
 ``configs/bundles/cpu_demo.json`` layered on the bundle's configs. Outputs go to ``runs/demo/``:
 ``models/`` (best ``model.pt`` and resumable ``resume/last.pt``), ``eval/`` (TensorBoard logs, metrics CSVs),
-``pred_nifti/`` and ``pred_dicom/`` (label maps in the input space, a DICOM SEG), and ``overlay.png``.
+``pred_nifti/`` and ``pred_dicom/`` (label maps in the input space, a DICOM SEG), ``overlay.png``, and
+``study/`` (a DICOM case as a PACS exports it: one flat folder, random file names, every modality on its own grid, a
+localizer, diffusion and ADC series) with its outputs in ``pred_study/``.
 
     python scripts/demo.py [--epochs 40] [--cases 16] [--output runs/demo]
 """
@@ -27,6 +30,7 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
 from monai_iunet.data.datalist import write_datalist  # noqa: E402
+from monai_iunet.data.dicom import write_pacs_study  # noqa: E402
 from monai_iunet.data.synthetic import write_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +72,34 @@ def overlay(flair: Path, truth: Path, prediction: Path, output: Path) -> None:
     plt.close(fig)
 
 
+def segment_study(case_dir: Path, study: Path, output: Path, ckpt: Path) -> None:
+    """Write the case as a PACS export and segment it with the clinician's command; print the Dice of the result
+    against the case's ground truth, resampled (nearest) onto the T1ce grid the output is on."""
+    from monai_iunet.data.dicom import resample_volume
+
+    images = {m: nib.load(next(case_dir.glob(f"*_{m}.nii.gz"))) for m in ("t1", "t1ce", "t2", "flair")}
+    affine = images["t1"].affine
+    write_pacs_study({m: np.asarray(img.dataobj, np.float32) for m, img in images.items()}, affine, study,
+                     case_dir.name, seed=0)
+    command = [sys.executable, "-m", "monai_iunet.segment", str(study), "--output", str(output), "--ckpt", str(ckpt),
+               "--config", str(PRESET), "--case", case_dir.name]
+    print("\n$ " + " ".join(command[1:]), flush=True)
+    subprocess.run(command, check=True)
+    prediction = nib.load(output / f"{case_dir.name}_seg.nii.gz")
+    truth = nib.load(next(case_dir.glob("*_seg.nii.gz")))
+    onehot = np.stack([np.asarray(truth.dataobj) == v for v in (1, 2, 4)]).astype(np.float32)
+    truth_on_grid = np.stack([resample_volume(c, truth.affine, prediction.affine, prediction.shape) > 0.5
+                              for c in onehot])
+    label = np.asarray(prediction.dataobj)
+    regions = {"TC": (1, 4), "WT": (1, 2, 4), "ET": (4,)}
+    truth_label = truth_on_grid[0] * 1 + truth_on_grid[1] * 2 + truth_on_grid[2] * 4
+    dice = {}
+    for name, values in regions.items():
+        p, t = np.isin(label, values), np.isin(truth_label, values)
+        dice[name] = 2 * (p & t).sum() / max(p.sum() + t.sum(), 1)
+    print("Study Dice on the T1ce grid: " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=str(ROOT / "runs" / "demo"))
@@ -78,7 +110,7 @@ def main() -> None:
     data = out / "data"
     start = time.time()
 
-    print(f"1/4 writing {args.cases} synthetic BraTS-like cases (64³, case 1 also as DICOM) to {data}", flush=True)
+    print(f"1/5 writing {args.cases} synthetic BraTS-like cases (64³, case 1 also as DICOM) to {data}", flush=True)
     write_dataset(data, cases=args.cases, dicom_cases=1, seed=0)
     datalist = write_datalist(data, data / "datalist.json")
     # One NIfTI case and one DICOM case for the inference step.
@@ -87,13 +119,13 @@ def main() -> None:
 
     common = dict(dataset_dir=data, ckpt_dir=out / "models", output_dir=out / "eval")
     train = ["configs/train.json", str(PRESET)]
-    print("2/4 training (CPU, memory-efficient IUNet)", flush=True)
+    print("2/5 training (CPU, memory-efficient IUNet)", flush=True)
     bundle_run(train, epochs=args.epochs, **common)
-    print("3/4 evaluating the best checkpoint", flush=True)
+    print("3/5 evaluating the best checkpoint", flush=True)
     bundle_run(["configs/train.json", "configs/evaluate.json", str(PRESET)], **common)
     dice = region_dice(out / "eval")
 
-    print("4/4 inference on one NIfTI case and one DICOM case", flush=True)
+    print("4/5 inference on one NIfTI case and one DICOM case", flush=True)
     inference = ["configs/inference.json", str(PRESET)]
     for key, folder in (("testing", "pred_nifti"), ("testing_dicom", "pred_dicom")):
         bundle_run(inference, dataset_dir=data, data_list_file_path=data / "demo_datalist.json",
@@ -105,12 +137,18 @@ def main() -> None:
     png = out / "overlay.png"
     overlay(data / case["image"][3], data / case["label"], out / "pred_nifti" / f"{name}_seg.nii.gz", png)
 
+    study_case = data / datalist["testing_dicom"][0]["image"][0]
+    study_case = Path(str(study_case)).parents[1]  # <case>/dicom/t1 -> <case>
+    print(f"5/5 segmenting a PACS-like study made from {study_case.name} with python -m monai_iunet.segment", flush=True)
+    segment_study(study_case, out / "study", out / "pred_study", out / "models" / "model.pt")
+
     print(f"\nDone in {(time.time() - start) / 60:.1f} min.")
     print("Validation Dice (best checkpoint): " + ", ".join(
         f"{region} {dice[f'val_{region.lower()}_dice']:.3f}" for region in ("TC", "WT", "ET")
     ) + f"; mean {dice['val_mean_dice']:.3f}")
     for path in sorted((out / "pred_nifti").glob("*_seg.*")) + sorted((out / "pred_dicom").glob("*_seg.*")):
         print(f"  prediction: {path}")
+    print(f"  PACS-like study: {out / 'study'} -> {out / 'pred_study'}")
     print(f"  overlay:    {png}\n  TensorBoard: tensorboard --logdir {out / 'eval'}")
 
 

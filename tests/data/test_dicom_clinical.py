@@ -302,3 +302,21 @@ def test_metatensor_of_a_series_feeds_monai_orientation(case, tmp_path):
     flipped = np.asarray(case.images["t1"])[::-1, ::-1, :]  # case.affine is LAS-like (-x, -y): RAS flips both
     np.testing.assert_allclose(np.asarray(ras[0]), flipped, atol=float(flipped.max()) / 4000)
     assert torch.is_tensor(ras)
+
+
+@needs_data
+def test_enhanced_multiframe_with_several_volumes_is_refused_with_its_volume_count(tmp_path):
+    """Like a Canon multi-frame DTI (positions × volumes in one file): the real XA30 file with every frame twice."""
+    import copy
+
+    ds = pydicom.dcmread(next(REAL["siemens_enhanced"].iterdir()))
+    frames = ds.PerFrameFunctionalGroupsSequence
+    ds.PerFrameFunctionalGroupsSequence = pydicom.Sequence([copy.deepcopy(f) for f in frames] * 2)
+    ds.NumberOfFrames = 2 * int(ds.NumberOfFrames)
+    ds.PixelData = ds.PixelData * 2
+    (tmp_path / "dti").mkdir()
+    ds.save_as(tmp_path / "dti" / "IM0001")
+    (series,) = index_dicom_files(tmp_path / "dti")
+    assert series.excluded.startswith("multi-volume series: 192 images at 96 slice positions (2 volumes")
+    with pytest.raises(CaseError, match=r"(?s)case dti: t1 DICOM folder .*dti holds 0 usable volume series.*2 volumes"):
+        LoadModalitiesd("image")({"image": [str(tmp_path / "dti")] * 4, "case": "dti"})

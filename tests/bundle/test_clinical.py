@@ -1,0 +1,178 @@
+"""The bundle's inference on clinical DICOM: a known object at a known patient position through the whole
+``inference.json`` pipeline, real scanner series, and the one-command ``python -m monai_iunet.segment``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from monai_iunet.data.dicom import SeriesSpec, grid_affine, study_ids, write_pacs_study, write_series
+from monai_iunet.data.dicom_series import index_dicom_files, read_series_volume, volume_to_metatensor
+from monai_iunet.data.synthetic import make_case
+from monai_iunet.inference import BatchSegmentation
+
+from ..data.test_dicom_clinical import REAL, centroid_ras, dciodvfy_errors, needs_data, seg_centroid_ras, sphere
+from .conftest import BUNDLE, TINY, check, run_bundle, write_json
+
+CENTRE = np.array([12.0, -18.0, 25.0])  # RAS, mm
+RADIUS = 14.0
+
+
+class BrightIsTumour(torch.nn.Module):
+    """A stand-in network whose answer is known: every region channel is 'on' where the (normalised) input is
+    bright. Real geometry, no training needed."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 20.0 * (x[:, 1:2].expand(-1, 3, *x.shape[2:]) - 1.0)
+
+
+@pytest.fixture(scope="module")
+def sphere_study(tmp_path_factory) -> Path:
+    """Four series on four grids, all showing a bright sphere at CENTRE; the T1ce (reference) is oblique,
+    anisotropic and 2D with gaps (3 mm thick every 5 mm), like a clinical post-contrast axial."""
+    folder = tmp_path_factory.mktemp("sphere") / "STUDY"
+    study = study_ids("SPHERE")
+    rotation = np.linalg.qr(np.random.default_rng(11).normal(size=(3, 3)))[0]
+    rotation *= np.sign(np.linalg.det(rotation))
+    grids = {
+        "SAG T1 MPRAGE": (np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]], float).T, (2.0, 2.0, 2.0), (40, 40, 36), ""),
+        "AX T1 POST GAD": (rotation, (1.6, 2.0, 5.0), (48, 40, 14), "Gadoterate"),
+        "AX T2 FSE": (np.eye(3), (2.5, 2.5, 4.0), (32, 32, 18), ""),
+        "COR T2 FLAIR": (np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], float).T, (2.0, 2.0, 3.0), (40, 24, 40), ""),
+    }
+    for number, (description, (axes, spacing, shape, agent)) in enumerate(grids.items(), start=1):
+        affine = grid_affine(axes, spacing, CENTRE + [3.0, -2.0, 4.0], shape)
+        volume = np.where(sphere(affine, shape, CENTRE, RADIUS), 400.0, 100.0)
+        spec = SeriesSpec(description, volume, affine, "2D" if "AX T1" in description else "3D", contrast_agent=agent,
+                          slice_thickness=3.0 if "AX T1" in description else None)
+        write_series(spec, folder, study, number, lambda k, n=number: f"IM{n:02d}{k:04d}")
+    return folder
+
+
+def test_known_sphere_lands_at_its_patient_position_in_nifti_and_seg(sphere_study, tmp_path):
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(BUNDLE), "roi_size": [32, 32, 32], "device": "$torch.device('cpu')"})
+    runner = BatchSegmentation(
+        [{"study": str(sphere_study), "case": "sphere"}], BrightIsTumour(), parser.get_parsed_content("preprocessing"),
+        parser.get_parsed_content("inferer"), parser.get_parsed_content("postprocessing"), str(tmp_path),
+    )
+    report = runner.run()
+    case = report["cases"]["sphere"]
+    assert case["status"] == "ok" and case["inputs"]["t1ce"]["description"] == "AX T1 POST GAD"
+    (t1ce,) = [s for s in index_dicom_files(sphere_study) if s.description == "AX T1 POST GAD"]
+    reference = volume_to_metatensor(read_series_volume(t1ce), "t1ce")
+    nifti = nib.load(tmp_path / "sphere_seg.nii.gz")
+    assert nifti.shape == tuple(reference.shape[1:])  # the reference series' own grid
+    np.testing.assert_allclose(nifti.affine, reference.affine.numpy(), atol=1e-3)
+    label = np.asarray(nifti.dataobj)
+    assert set(np.unique(label)) == {0, 4}
+    voxel = np.linalg.norm(nifti.affine[:3, :3], axis=0)  # 1.6, 2.0, 5.0 mm
+    assert np.all(np.abs(centroid_ras(label > 0, nifti.affine) - CENTRE) < voxel)
+    expected = sphere(nifti.affine, nifti.shape, CENTRE, RADIUS)
+    assert (expected == (label > 0)).mean() > 0.98
+    seg = tmp_path / "sphere_seg.dcm"
+    assert np.all(np.abs(seg_centroid_ras(seg) - CENTRE) < voxel)
+    assert dciodvfy_errors(seg) in (None, [])
+
+
+def test_a_failed_dicom_seg_does_not_hide_the_written_nifti(sphere_study, tmp_path, monkeypatch):
+    import monai_iunet.data.dicom_seg as dicom_seg
+
+    def broken(*args, **kwargs):
+        raise ValueError("Source images must have a shared orientation.")
+
+    monkeypatch.setattr(dicom_seg, "write_dicom_seg", broken)
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(BUNDLE), "roi_size": [32, 32, 32], "device": "$torch.device('cpu')"})
+    runner = BatchSegmentation(
+        [{"study": str(sphere_study), "case": "s"}], BrightIsTumour(), parser.get_parsed_content("preprocessing"),
+        parser.get_parsed_content("inferer"), parser.get_parsed_content("postprocessing"), str(tmp_path),
+    )
+    with pytest.raises(RuntimeError, match=r"1 of 1 case\(s\) have failed outputs \(s\)"):
+        runner.run()
+    report = json.loads((tmp_path / "inference_report.json").read_text())
+    outputs = report["cases"]["s"]["outputs"]
+    assert report["summary"]["partial"] == ["s"] and report["cases"]["s"]["status"] == "partial"
+    assert outputs["nifti"] == {"status": "written", "path": str(tmp_path / "s_seg.nii.gz")}
+    assert (tmp_path / "s_seg.nii.gz").is_file()
+    assert outputs["dicom_seg"]["status"] == "failed" and "shared orientation" in outputs["dicom_seg"]["error"]
+
+
+def tiny_network_config(tmp_path: Path) -> Path:
+    """A config file layered on inference.json for the tiny network the ``trained`` fixture trains."""
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    network = dict(parser.get("network_def"))
+    network.update(channels=TINY["network_def#channels"], num_levels=TINY["network_def#num_levels"],
+                   blocks_per_level=TINY["network_def#blocks_per_level"])
+    return write_json(tmp_path / "tiny.json", {"network_def": network, "roi_size": [32, 32, 32], "overlap": 0.0})
+
+
+@pytest.fixture(scope="module")
+def pacs_study(tmp_path_factory) -> Path:
+    case = make_case(np.random.default_rng(4), shape=(24, 24, 24), spacing=8.0)
+    folder = tmp_path_factory.mktemp("pacs") / "PATIENT_A" / "STUDY_20260101"
+    write_pacs_study(case.images, case.affine, folder, "A", seed=2)
+    return folder
+
+
+def test_segment_command_on_a_pacs_study(trained, pacs_study, tmp_path):
+    def segment(study: Path, output: Path):
+        command = [sys.executable, "-m", "monai_iunet.segment", str(study), "--output", str(output), "--ckpt",
+                   str(trained / "models" / "model.pt"), "--config", str(tiny_network_config(tmp_path)), "--device",
+                   "cpu", "--case", "A"]
+        return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+    output = check(segment(pacs_study.parent, tmp_path / "out"))  # a folder above the study is fine too
+    for line in ("case A: ok", "t1ce   series #3 'AX T1 POST GAD'", "(reference grid)", "flair  series #5 'COR T2 FLAIR'",
+                 "ContrastBolusAgent 'Gadobutrol'", "nifti: written", "dicom_seg: written"):
+        assert line in output, output[-3000:]
+    report = json.loads((tmp_path / "out" / "inference_report.json").read_text())
+    assert report["summary"] == {"ok": ["A"], "partial": [], "failed": []}
+    assert report["cases"]["A"]["inputs"]["t2"]["resampled"] is True
+    assert dciodvfy_errors(tmp_path / "out" / "A_seg.dcm") in (None, [])
+    # a study without a FLAIR: the command fails, saying which series it saw
+    no_flair = tmp_path / "no_flair"
+    no_flair.mkdir()
+    for file in pacs_study.iterdir():
+        if "FLAIR" not in str(pydicom.dcmread(file, stop_before_pixels=True).SeriesDescription):
+            (no_flair / file.name).symlink_to(file)
+    result = segment(no_flair, tmp_path / "out2")
+    assert result.returncode == 1
+    assert "no series for flair" in result.stdout and "'AX DWI B0 B1000'" in result.stdout
+
+
+def test_segment_command_without_weights_says_what_to_do(pacs_study, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "monai_iunet.segment", str(pacs_study), "--output", str(tmp_path),
+                             "--ckpt", str(tmp_path / "none.pt")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "no trained weights" in result.stderr and "--ckpt" in result.stderr
+
+
+@needs_data
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_real_series_through_inference_json(trained, name, tmp_path):
+    """Each real series as all four modalities through the bundle: NIfTI on the series' grid, a valid SEG."""
+    series = str(REAL[name])
+    datalist = write_json(tmp_path / "list.json", {"testing": [{"image": [series] * 4, "case": name}]})
+    check(run_bundle(["configs/inference.json", str(tiny_network_config(tmp_path))], data_list_file_path=datalist,
+                     dataset_dir=tmp_path, ckpt_path=trained / "models" / "model.pt", output_dir=tmp_path / "out",
+                     **{k: v for k, v in TINY.items() if not k.startswith("network_def") and k != "roi_size"}))
+    report = json.loads((tmp_path / "out" / "inference_report.json").read_text())
+    assert report["cases"][name]["status"] == "ok", report
+    (found,) = index_dicom_files(series)
+    grid = volume_to_metatensor(read_series_volume(found), name)
+    nifti = nib.load(tmp_path / "out" / f"{name}_seg.nii.gz")
+    assert nifti.shape == tuple(grid.shape[1:])
+    np.testing.assert_allclose(nifti.affine, grid.affine.numpy(), atol=1e-3)
+    assert dciodvfy_errors(tmp_path / "out" / f"{name}_seg.dcm") in (None, [])

@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo install clean
+.PHONY: test demo demo-ct install clean
 
 # (Re)install when the venv is missing or the dependency files changed.
 $(STAMP): pyproject.toml requirements/ci.txt
@@ -20,6 +20,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py
+
+demo-ct: $(STAMP)
+	$(PY) scripts/demo_ct.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

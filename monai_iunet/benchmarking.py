@@ -44,7 +44,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["NETWORKS", "FIXED_DEPTH", "build_network", "reference_available", "measure", "run_case"]
+__all__ = ["NETWORKS", "FIXED_DEPTH", "build_network", "build_case_network", "reference_available", "measure", "run_case"]
 
 IN_CHANNELS, OUT_CHANNELS = 4, 3
 
@@ -110,6 +110,16 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
 FIXED_DEPTH = {"segresnet"}  # networks whose levels/blocks are fixed by their reference configuration
 
 
+def build_case_network(case: dict) -> nn.Module:
+    """The case's network: ``case["network_def"]`` (a MONAI bundle config of any network, e.g. a MONAI
+    ``DynUNet`` or an ``IUNet`` with task-specific arguments) or one of ``NETWORKS`` by name."""
+    if "network_def" in case:
+        from monai.bundle import ConfigParser
+
+        return ConfigParser({"imports": ["$import monai_iunet"], "net": case["network_def"]}).get_parsed_content("net")
+    return build_network(case["network"], case["width"], case["levels"], case["blocks"])
+
+
 def build_network(name: str, width: int, levels: int, blocks: int) -> nn.Module:
     if name not in NETWORKS:
         raise ValueError(f"unknown network {name!r}; choose one of {sorted(NETWORKS)}.")
@@ -145,8 +155,9 @@ def _peak_anonymous_bytes() -> int:
 def measure(case: dict) -> dict:
     """Measure ``case`` in this process (call it in a fresh one, see :func:`run_case`).
 
-    ``case`` keys: ``network``, ``width``, ``levels``, ``blocks``, ``size`` (int or per-axis list), ``batch``
-    (default 1), ``steps`` (default 4, the first is warm-up), ``device`` (default ``cpu``). Returns the case with
+    ``case`` keys: ``network``, ``width``, ``levels``, ``blocks`` (or ``network_def``, see
+    :func:`build_case_network`), ``size`` (int or per-axis list), ``batch`` (default 1), ``steps`` (default 4, the
+    first is warm-up), ``device`` (default ``cpu``), ``in_channels``/``out_channels`` (default 4/3). Returns the case with
     ``parameters``, ``forward_flops``, ``peak_bytes``, ``saved_bytes`` (kept for backward by autograd) and
     ``step_seconds`` (median over the steps after the first; the CPU peak is taken over them too).
     """
@@ -163,10 +174,10 @@ def measure(case: dict) -> dict:
         baseline = torch.cuda.memory_allocated()
     else:
         baseline = _status_bytes("RssAnon")
-    net = build_network(case["network"], case["width"], case["levels"], case["blocks"]).to(device)
+    net = build_case_network(case).to(device)
     optimizer = torch.optim.Adam(net.parameters(), 1e-4)
-    x = torch.randn(batch, IN_CHANNELS, *size, device=device)
-    target = torch.rand(batch, OUT_CHANNELS, *size, device=device)
+    x = torch.randn(batch, case.get("in_channels", IN_CHANNELS), *size, device=device)
+    target = torch.rand(batch, case.get("out_channels", OUT_CHANNELS), *size, device=device)
     with torch.no_grad(), FlopCounterMode(display=False) as flops:
         net(x)
     gc.collect()

@@ -1,14 +1,16 @@
-"""Small helpers that the bundle configs call (``$monai_iunet.bundle...``)."""
+"""Small helpers that the bundle configs call (``$monai_iunet.bundle...``), and ``run_bundle`` for scripts."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from monai.handlers import from_engine
 
-__all__ = ["REGIONS", "region_output_transform", "load_weights", "handlers_for_rank"]
+__all__ = ["REGIONS", "region_output_transform", "load_weights", "handlers_for_rank", "run_bundle"]
 
 REGIONS = ("TC", "WT", "ET")
 
@@ -58,3 +60,18 @@ def load_weights(network: torch.nn.Module, path: str, map_location=None) -> torc
         )
     network.load_state_dict(state)
     return network
+
+
+def run_bundle(bundle: str | Path, configs: list, log: str | Path | None = None, **overrides) -> None:
+    """``python -m monai.bundle run`` in ``bundle`` (a fresh process) with ``configs`` layered and ``--key value``
+    overrides; the command is printed, its output goes to the console or appended to ``log``. Raises
+    ``subprocess.CalledProcessError`` if the run fails."""
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", repr([str(c) for c in configs])]
+    for key, value in overrides.items():
+        command += [f"--{key}", str(value)]
+    if log is None:
+        print("\n$ " + " ".join(command[1:]), flush=True)
+        subprocess.run(command, cwd=bundle, check=True)
+        return
+    with open(log, "a") as out:
+        subprocess.run(command, cwd=bundle, check=True, stdout=out, stderr=subprocess.STDOUT)

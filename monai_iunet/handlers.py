@@ -302,7 +302,8 @@ class InversionDriftMonitor:
 
     Args:
         network: a network with a ``reconstruction_error(x)`` method, e.g. ``IUNet`` (or a module wrapping it as
-            ``.module``, e.g. DDP).
+            ``.module``, e.g. DDP). Any other network has no inversion to monitor: the handler then logs that once
+            and does not attach, so a bundle's ``network_def`` can be swapped for a non-invertible one.
         interval: check every this many iterations.
         threshold: relative error above which a warning is issued.
         log_dir: TensorBoard folder (optional); the value is logged under ``tag``.
@@ -322,10 +323,7 @@ class InversionDriftMonitor:
         if interval < 1:
             raise ValueError(f"interval must be at least 1, got {interval}.")
         self.network = getattr(network, "module", network)
-        if not callable(getattr(self.network, "reconstruction_error", None)):
-            raise ValueError(
-                f"network must have a reconstruction_error(x) method (e.g. an IUNet), got {type(self.network).__name__}."
-            )
+        self.enabled = callable(getattr(self.network, "reconstruction_error", None))
         self.interval = interval
         self.threshold = threshold
         self.tag = tag
@@ -334,6 +332,10 @@ class InversionDriftMonitor:
         self._writer = None
 
     def attach(self, engine: Engine) -> None:
+        if not self.enabled:
+            logger.info("InversionDriftMonitor: %s has no reconstruction_error(x) (not invertible); nothing to monitor.",
+                        type(self.network).__name__)
+            return
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
 
     def __call__(self, engine: Engine) -> None:

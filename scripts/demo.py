@@ -29,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
+from monai_iunet.bundle import run_bundle  # noqa: E402
 from monai_iunet.data.datalist import write_datalist  # noqa: E402
 from monai_iunet.data.dicom import write_pacs_study  # noqa: E402
 from monai_iunet.data.synthetic import write_dataset  # noqa: E402
@@ -36,14 +37,6 @@ from monai_iunet.data.synthetic import write_dataset  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
 PRESET = ROOT / "configs" / "bundles" / "cpu_demo.json"
-
-
-def bundle_run(configs: list[str], **overrides) -> None:
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", repr(configs)]
-    for key, value in overrides.items():
-        command += [f"--{key}", str(value)]
-    print("\n$ " + " ".join(command[1:]), flush=True)
-    subprocess.run(command, cwd=BUNDLE, check=True)
 
 
 def region_dice(eval_dir: Path) -> dict[str, float]:
@@ -120,15 +113,15 @@ def main() -> None:
     common = dict(dataset_dir=data, ckpt_dir=out / "models", output_dir=out / "eval")
     train = ["configs/train.json", str(PRESET)]
     print("2/5 training (CPU, memory-efficient IUNet)", flush=True)
-    bundle_run(train, epochs=args.epochs, **common)
+    run_bundle(BUNDLE, train, epochs=args.epochs, **common)
     print("3/5 evaluating the best checkpoint", flush=True)
-    bundle_run(["configs/train.json", "configs/evaluate.json", str(PRESET)], **common)
+    run_bundle(BUNDLE, ["configs/train.json", "configs/evaluate.json", str(PRESET)], **common)
     dice = region_dice(out / "eval")
 
     print("4/5 inference on one NIfTI case and one DICOM case", flush=True)
     inference = ["configs/inference.json", str(PRESET)]
     for key, folder in (("testing", "pred_nifti"), ("testing_dicom", "pred_dicom")):
-        bundle_run(inference, dataset_dir=data, data_list_file_path=data / "demo_datalist.json",
+        run_bundle(BUNDLE, inference, dataset_dir=data, data_list_file_path=data / "demo_datalist.json",
                    data_list_key=key, ckpt_path=out / "models" / "model.pt", output_dir=out / folder,
                    roi_size="[64,64,64]")
 

@@ -158,7 +158,7 @@ def select_series(
             )
         chosen[modality] = SeriesChoice(modality, best, reason)
     used = [c.series.uid for c in chosen.values()]
-    for modality, choice in chosen.items():
+    for choice in chosen.values():
         if used.count(choice.series.uid) > 1:
             others = [m for m, c in chosen.items() if c.series.uid == choice.series.uid]
             raise SelectionError(f"{choice.series.label} was chosen for {', '.join(others)}; each modality needs "

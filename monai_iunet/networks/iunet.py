@@ -37,6 +37,9 @@ class IUNet(nn.Module):
         pad_input: pad spatial sizes that are not multiples of the total stride (output cropped back); if False such
             inputs raise ``ValueError``.
         memory_efficient: reconstruct activations in backward instead of storing them (training only).
+        identity_init: start as the identity map (``in_channels == out_channels``): the lift copies the input into the
+            first channels, the head reads them back, and the core is the identity (its ``zero_init``, on by
+            default). Suits tasks whose answer is close to the input, e.g. post-processing (paper §4.1).
         memory_format: ``"channels_last"`` (default) runs lift, core and head with channels stored last (the fast
             layout for the small-channel 3D convolutions, see :class:`InvertibleUNet`); inputs and outputs stay in
             PyTorch's ordinary channels-first layout. ``"contiguous"``: channels-first throughout.
@@ -62,6 +65,7 @@ class IUNet(nn.Module):
         head_kernel_size: int = 1,
         pad_input: bool = True,
         memory_efficient: bool = True,
+        identity_init: bool = False,
         memory_format: str = "channels_last",
         **core_kwargs,
     ) -> None:
@@ -71,6 +75,13 @@ class IUNet(nn.Module):
         for name, k in (("lift_kernel_size", lift_kernel_size), ("head_kernel_size", head_kernel_size)):
             if k < 1 or k % 2 != 1:
                 raise ValueError(f"{name} must be a positive odd int, got {k}.")
+        if identity_init and (in_channels != out_channels or in_channels > channels):
+            raise ValueError(
+                f"identity_init needs in_channels == out_channels <= channels, got {in_channels}, {out_channels}, "
+                f"{channels}."
+            )
+        if identity_init and not core_kwargs.get("zero_init", True):
+            raise ValueError("identity_init needs the core's zero_init (the couplings start as the identity).")
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -82,6 +93,13 @@ class IUNet(nn.Module):
         conv = Conv[Conv.CONV, spatial_dims]
         self.lift = conv(in_channels, channels, lift_kernel_size, padding=lift_kernel_size // 2)
         self.head = conv(channels, out_channels, head_kernel_size, padding=head_kernel_size // 2)
+        if identity_init:
+            for layer, kernel_size in ((self.lift, lift_kernel_size), (self.head, head_kernel_size)):
+                with torch.no_grad():
+                    layer.weight.zero_()
+                    layer.bias.zero_()
+                    for c in range(in_channels):  # a centred delta: channel c -> channel c
+                        layer.weight[(c, c, *[kernel_size // 2] * spatial_dims)] = 1.0
         if self.core.channels_last:  # the core's weights already are
             weights_channels_last(self.lift, spatial_dims)
             weights_channels_last(self.head, spatial_dims)

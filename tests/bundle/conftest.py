@@ -9,6 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
+CT_BUNDLE = ROOT / "bundles" / "ct_iunet_postprocessing"
 SCHEMA = ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"
 
 # A tiny network and 32³ volumes: every config runs end-to-end in seconds on CPU.

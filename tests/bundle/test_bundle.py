@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import highdicom as hd
 import nibabel as nib
@@ -18,7 +19,7 @@ import torch
 from monai_iunet import IUNet
 from monai_iunet.bundle import load_weights
 
-from .conftest import BUNDLE, SCHEMA, TINY, TRAIN_TINY, check, run_bundle, write_json
+from .conftest import BUNDLE, CT_BUNDLE, SCHEMA, TINY, TRAIN_TINY, check, run_bundle, write_json
 
 
 def test_train_writes_best_and_last_checkpoints(trained):
@@ -116,13 +117,15 @@ def test_inference_reports_bad_cases_and_writes_the_others(trained, dataset, tmp
 
 
 @pytest.mark.skipif(not SCHEMA.is_file(), reason="MONAI metadata schema copy not present")
-def test_metadata_is_valid_against_the_official_schema():
-    out = _bundle_command("verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", str(SCHEMA))
+@pytest.mark.parametrize("bundle", [BUNDLE, CT_BUNDLE], ids=lambda b: b.name)
+def test_metadata_is_valid_against_the_official_schema(bundle):
+    out = _bundle_command("verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", str(SCHEMA),
+                          bundle=bundle)
     assert out.returncode == 0 and "verified with no error" in out.stdout + out.stderr, out.stderr[-2000:]
 
 
-def _bundle_command(*args: str):
-    return subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=BUNDLE, capture_output=True, text=True,
+def _bundle_command(*args: str, bundle: Path = BUNDLE):
+    return subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=bundle, capture_output=True, text=True,
                           timeout=300)
 
 
@@ -168,7 +171,8 @@ def test_multi_gpu_config_on_two_cpu_processes(dataset, tmp_path):
 
 
 @pytest.mark.skipif(not SCHEMA.is_file(), reason="MONAI metadata schema copy not present")
-def test_model_zoo_checker_steps(tmp_path):
+@pytest.mark.parametrize("source", [BUNDLE, CT_BUNDLE], ids=lambda b: b.name)
+def test_model_zoo_checker_steps(source, tmp_path):
     """The steps of the model zoo's ``ci/verify_bundle.py -m full``, offline, on a copy laid out as the zoo does:
     required files, version in changelog, metadata against ``eval/schema.json``, ``verify_net_in_out`` and
     ``ckpt_export`` with ``bundle_root`` (weights made from the config, as the zoo's CI does)."""
@@ -177,8 +181,8 @@ def test_model_zoo_checker_steps(tmp_path):
     from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
 
     models = tmp_path / "models"
-    bundle = models / BUNDLE.name
-    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("eval", "*.pt", "*.ts"))
+    bundle = models / source.name
+    shutil.copytree(source, bundle, ignore=shutil.ignore_patterns("eval", "*.pt", "*.ts"))
     (models / "model_info.json").write_text("{}")
     (bundle / "eval").mkdir()
     shutil.copy(SCHEMA, bundle / "eval" / "schema.json")

@@ -127,3 +127,15 @@ def test_brats_preset_channels():
     net = parser.get_parsed_content("network_def")
     assert net.core.level_channels == [16, 32, 64, 128, 256]
     assert net.total_stride == [16, 16, 16]
+
+
+def test_identity_init_is_exactly_the_identity_and_trains_away_from_it():
+    net = IUNet(3, 1, 1, channels=4, num_levels=2, blocks_per_level=2, identity_init=True)
+    x = torch.randn(2, 1, 8, 12, 8)
+    torch.testing.assert_close(net(x), x, rtol=0, atol=1e-6)
+    loss = (net(x) - 2 * x).pow(2).mean()
+    loss.backward()
+    assert any(float(p.grad.abs().sum()) > 0 for p in net.core.parameters() if p.grad is not None)
+    for bad in (dict(in_channels=2, out_channels=1), dict(in_channels=1, out_channels=1, zero_init=False)):
+        with pytest.raises(ValueError, match="identity_init"):
+            IUNet(3, channels=4, num_levels=2, identity_init=True, **bad)

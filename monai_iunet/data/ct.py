@@ -4,7 +4,7 @@ The CT simulation: the phantom is rendered (analytically, no interpolation) in a
 volume diagonal is the rotation axis, each slice across that axis is projected in parallel beam at a strongly undersampled set of angles, Poisson noise
 is drawn on the transmitted photon counts, each slice is reconstructed by filtered backprojection (ramp filter),
 and the result is rotated back onto the phantom's grid. Projection and FBP use a maintained library:
-``astra-toolbox`` (CPU, default) or scikit-image's ``radon``/``iradon``; astra measured ~3× faster here.
+``astra-toolbox`` (CPU, default) or scikit-image's ``radon``/``iradon``; astra measured 2-3× faster here.
 
     python -m monai_iunet.data.ct --output data/foam_ct --train 32 --val 4 --test 8 --size 32
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -156,26 +157,28 @@ def write_ct_dataset(
     train: int = 32,
     val: int = 4,
     test: int = 8,
-    size: int = 32,
+    size: int | Sequence[int] = 32,
     seed: int = 0,
     backend: str = "astra",
     **simulation,
 ) -> dict:
     """Write (FBP, ground truth) NIfTI pairs and ``datalist.json`` (``training``/``validation``/``testing``).
     Volume ``i`` of the dataset uses seed ``(seed, i)``, so a dataset is reproducible and seeds never repeat
-    between the splits."""
+    between the splits. With several sizes, the volumes of each split take them in turn."""
     from tqdm import tqdm
 
     output = Path(output)
     datalist: dict[str, list] = {"training": [], "validation": [], "testing": []}
-    splits = ["training"] * train + ["validation"] * val + ["testing"] * test
-    for index, split in enumerate(tqdm(splits, desc="foam phantoms + FBP", unit="volume")):
+    sizes = [size] if isinstance(size, int) else list(size)
+    splits = [(s, sizes[i % len(sizes)]) for s, n in (("training", train), ("validation", val), ("testing", test))
+              for i in range(n)]
+    for index, (split, edge) in enumerate(tqdm(splits, desc="foam phantoms + FBP", unit="volume")):
         rng = np.random.default_rng([seed, index])
         foam = sample_foam(rng)
-        phantom = render_foam(foam, size)
-        fbp = simulate_fbp(foam, size, rng, backend=backend, **simulation)
+        phantom = render_foam(foam, edge)
+        fbp = simulate_fbp(foam, edge, rng, backend=backend, **simulation)
         datalist[split].append(_write_pair(output / f"foam_{index:04d}", f"foam_{index:04d}", phantom, fbp))
-    settings = {"size": size, "seed": seed, "backend": backend, **CT_DEFAULTS, **simulation}
+    settings = {"size": size if isinstance(size, int) else sizes, "seed": seed, "backend": backend, **CT_DEFAULTS, **simulation}
     (output / "datalist.json").write_text(json.dumps({**datalist, "simulation": settings}, indent=2))
     return datalist
 
@@ -186,15 +189,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train", type=int, default=32)
     parser.add_argument("--val", type=int, default=4)
     parser.add_argument("--test", type=int, default=8)
-    parser.add_argument("--size", type=int, default=32, help="volume edge in voxels (8 to 256)")
+    parser.add_argument("--size", type=int, nargs="+", default=[32],
+                        help="volume edge in voxels (8 to 256); several: each split's volumes take them in turn")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--angles", type=int, default=CT_DEFAULTS["angles"])
     parser.add_argument("--photons", type=float, default=CT_DEFAULTS["photons"], help="0: noiseless")
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="astra")
     args = parser.parse_args(argv)
-    if not 8 <= args.size <= 256:
+    if not all(8 <= s <= 256 for s in args.size):
         raise SystemExit(f"--size must be between 8 and 256, got {args.size}.")
-    datalist = write_ct_dataset(args.output, args.train, args.val, args.test, args.size, args.seed, args.backend,
+    size = args.size[0] if len(args.size) == 1 else args.size
+    datalist = write_ct_dataset(args.output, args.train, args.val, args.test, size, args.seed, args.backend,
                                 angles=args.angles, photons=args.photons or None)
     print(f"wrote {sum(len(v) for v in datalist.values())} (FBP, ground truth) pairs and datalist.json to {args.output}")
 

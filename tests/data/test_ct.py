@@ -86,5 +86,9 @@ def test_dataset_command_writes_pairs_and_a_datalist(tmp_path):
     assert fbp.shape == gt.shape == (12, 12, 12)
     np.testing.assert_array_equal(fbp.affine, gt.affine)
     assert 10 < psnr(np.asarray(fbp.dataobj), np.asarray(gt.dataobj)) < 40
+    main(["--output", str(tmp_path / "mixed"), "--train", "3", "--val", "0", "--test", "0", "--size", "12", "16"])
+    mixed = json.loads((tmp_path / "mixed" / "datalist.json").read_text())
+    assert [nib.load(tmp_path / "mixed" / item["label"]).shape[0] for item in mixed["training"]] == [12, 16, 12]
+    assert mixed["simulation"]["size"] == [12, 16]
     with pytest.raises(SystemExit, match="--size must be between 8 and 256"):
         main(["--output", str(tmp_path / "x"), "--size", "512"])

@@ -19,6 +19,7 @@ import torch
 from monai_iunet import IUNet
 from monai_iunet.bundle import load_weights
 
+from ..data.test_dicom_clinical import dciodvfy_errors
 from .conftest import BUNDLE, CT_BUNDLE, SCHEMA, TINY, TRAIN_TINY, check, run_bundle, write_json
 
 
@@ -78,6 +79,7 @@ def test_inference_on_nifti_and_dicom(trained, dataset, tmp_path):
     assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Necrotic tumor core", "Peritumoral edema",
                                                              "Enhancing tumor"]
+    assert dciodvfy_errors(tmp_path / "testing_dicom" / "BraTS20_Training_001_seg.dcm") in (None, [])
 
 
 def test_inference_reports_bad_cases_and_writes_the_others(trained, dataset, tmp_path):

@@ -73,8 +73,14 @@ def test_inversion_drift_monitor_logs_and_warns(tmp_path):
     strict.attach(engine)
     with pytest.warns(RuntimeWarning, match="lower the learning rate"):
         engine.run([{"image": x}], max_epochs=1)
-    with pytest.raises(ValueError, match="reconstruction_error"):
-        InversionDriftMonitor(torch.nn.Linear(2, 2))
+    # a non-invertible network (a bundle's network_def swapped for e.g. DynUNet) has nothing to monitor: no handler
+    plain, unused = Engine(lambda engine, batch: None), InversionDriftMonitor(torch.nn.Linear(2, 2), interval=1)
+    unused.attach(plain)
+    assert is_attached(engine, strict) and not is_attached(plain, unused)
+
+
+def is_attached(engine: Engine, monitor: InversionDriftMonitor) -> bool:
+    return engine.has_event_handler(monitor, Events.ITERATION_COMPLETED)
 
 
 def test_nan_in_an_input_volume_names_the_file(tmp_path):

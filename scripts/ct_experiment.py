@@ -136,8 +136,7 @@ def slices_png(truth: np.ndarray, panels: list[tuple[str, np.ndarray]], png: Pat
         ax.imshow(volume[:, :, k].T, cmap="gray", vmin=0, vmax=1, origin="lower")
         ax.set_title(title)
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
+    fig.savefig(png, dpi=100, bbox_inches="tight")  # two-line titles
     plt.close(fig)
 
 

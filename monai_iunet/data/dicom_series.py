@@ -13,7 +13,7 @@ spacing; orientation jitter in the last decimals (GE) is tolerated up to ``ORIEN
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +69,6 @@ class DicomSeries:
     orientations: int = 0
     multiframe: bool = False
     excluded: str | None = None  # why this series is not a volume candidate
-    notes: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:

@@ -58,15 +58,19 @@ def sphere_study(tmp_path_factory) -> Path:
     return folder
 
 
-def test_known_sphere_lands_at_its_patient_position_in_nifti_and_seg(sphere_study, tmp_path):
+def bundle_runner(study: Path, case: str, output: Path) -> BatchSegmentation:
+    """The bundle's own preprocessing, inferer and postprocessing (inference.json) around ``BrightIsTumour``."""
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "inference.json"))
     parser.update({"bundle_root": str(BUNDLE), "roi_size": [32, 32, 32], "device": "$torch.device('cpu')"})
-    runner = BatchSegmentation(
-        [{"study": str(sphere_study), "case": "sphere"}], BrightIsTumour(), parser.get_parsed_content("preprocessing"),
-        parser.get_parsed_content("inferer"), parser.get_parsed_content("postprocessing"), str(tmp_path),
+    return BatchSegmentation(
+        [{"study": str(study), "case": case}], BrightIsTumour(), parser.get_parsed_content("preprocessing"),
+        parser.get_parsed_content("inferer"), parser.get_parsed_content("postprocessing"), str(output),
     )
-    report = runner.run()
+
+
+def test_known_sphere_lands_at_its_patient_position_in_nifti_and_seg(sphere_study, tmp_path):
+    report = bundle_runner(sphere_study, "sphere", tmp_path).run()
     case = report["cases"]["sphere"]
     assert case["status"] == "ok" and case["inputs"]["t1ce"]["description"] == "AX T1 POST GAD"
     (t1ce,) = [s for s in index_dicom_files(sphere_study) if s.description == "AX T1 POST GAD"]
@@ -92,13 +96,7 @@ def test_a_failed_dicom_seg_does_not_hide_the_written_nifti(sphere_study, tmp_pa
         raise ValueError("Source images must have a shared orientation.")
 
     monkeypatch.setattr(dicom_seg, "write_dicom_seg", broken)
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(BUNDLE), "roi_size": [32, 32, 32], "device": "$torch.device('cpu')"})
-    runner = BatchSegmentation(
-        [{"study": str(sphere_study), "case": "s"}], BrightIsTumour(), parser.get_parsed_content("preprocessing"),
-        parser.get_parsed_content("inferer"), parser.get_parsed_content("postprocessing"), str(tmp_path),
-    )
+    runner = bundle_runner(sphere_study, "s", tmp_path)
     with pytest.raises(RuntimeError, match=r"1 of 1 case\(s\) have failed outputs \(s\)"):
         runner.run()
     report = json.loads((tmp_path / "inference_report.json").read_text())

@@ -10,8 +10,8 @@ ROIs costs nothing more.
 What it adds for the device (``device_type``):
 
 * ``"cpu"``: what convolutions allocate inside the op, invisible to the dispatch mode — the im2col buffers of those
-  PyTorch runs with its fallback kernel (it picks by a size rule; small-channel 3D convolutions often fall back),
-  oneDNN's blocked-layout copies of input and output for the others — and ``CPU_RUNTIME_BYTES`` for what a process
+  PyTorch runs with its fallback kernel (it picks by a size rule), oneDNN's blocked-layout copies of input and
+  output for the others, and the batch of two half-volumes for those ``SameConv`` moves off the fallback — and ``CPU_RUNTIME_BYTES`` for what a process
   that has run a training step holds beyond tensors (oneDNN, OpenMP and autograd-thread memory). Checked against
   peaks measured with ``monai_iunet.benchmarking``: within 7 % over 24 configurations (``docs/benchmarks/cpu.md``);
 * ``"cuda"``: Adam's ``foreach`` temporaries are simulated as on CUDA; cuDNN's workspace and the allocator's
@@ -44,6 +44,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from .layers.conv import falls_back
 from .networks import IUNet
 from .networks.invertible_unet import unet_plan
 
@@ -145,6 +146,11 @@ class _Convolution:
                            for s, p, d, k, st in zip(spatial_in, padding, dilation, kernel, stride)]
             out_channels = self.weight_shape[0]
         input = torch.empty(batch_size, self.input_shape[1], *spatial_in, dtype=self.dtype)
+        if self._halved(input):
+            # SameConv's batch of two halves with their halos, and oneDNN's copies of it and of the output
+            halves = self.input_shape[1] * (spatial_in[0] + 4 * padding[0]) * math.prod(spatial_in[1:])
+            elements = 2 * halves + out_channels * math.prod(spatial_out)
+            return elements * input.element_size()
         backend = select(input, torch.empty(self.weight_shape, dtype=self.dtype), None, *self.conv_args).name
         if backend in _IM2COL_BACKENDS:
             if all(k == 1 for k in kernel) and all(st == 1 for st in stride) and not any(padding):
@@ -155,6 +161,17 @@ class _Convolution:
             elements = self.input_shape[1] * math.prod(spatial_in) + out_channels * math.prod(spatial_out)
             return batch_size * elements * input.element_size()
         return 0
+
+
+    def _halved(self, input: torch.Tensor) -> bool:
+        """Whether :func:`~monai_iunet.layers.conv.same_conv` runs this convolution as two half-volumes on the CPU."""
+        stride, padding, dilation, transposed, _, groups = self.conv_args
+        same_size = all(2 * p == k - 1 for p, k in zip(padding, self.weight_shape[2:]))
+        plain = all(s == 1 for s in stride) and all(d == 1 for d in dilation) and not transposed and groups == 1
+        return (
+            same_size and plain and input.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+            and falls_back(input.shape, self.weight_shape)
+        )
 
 
 @dataclass(frozen=True)

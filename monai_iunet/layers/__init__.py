@@ -1,6 +1,7 @@
 """Invertible building blocks (no MONAI imports): orthogonal resampling and mixing, couplings."""
 
 from .base import InvertibleIdentity, InvertibleModule, InvertibleSequential
+from .conv import SameConv, same_conv
 from .coupling import AdditiveCoupling, AffineCoupling
 from .orthogonal import ORTHOGONAL_METHODS, OrthogonalMatrix, haar_matrix, orthogonal_map, random_orthogonal
 from .resampling import InvertibleChannelMixing, OrthogonalDownsampling, OrthogonalUpsampling
@@ -11,6 +12,8 @@ __all__ = [
     "InvertibleSequential",
     "AdditiveCoupling",
     "AffineCoupling",
+    "SameConv",
+    "same_conv",
     "ORTHOGONAL_METHODS",
     "OrthogonalMatrix",
     "haar_matrix",

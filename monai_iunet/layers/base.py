@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "InvertibleModule", "InvertibleIdentity", "InvertibleSequential", "trainable_parameters", "autocast_state",
-    "autocast_disabled", "MEMORY_FORMATS", "to_channels_last", "is_channels_last", "like_layout",
+    "autocast_disabled", "MEMORY_FORMATS", "to_channels_last", "is_channels_last", "like_layout", "memory_format_of",
     "weights_channels_last",
 ]
 
@@ -33,6 +33,13 @@ def is_channels_last(x: Tensor) -> bool:
     if x.dim() == 4:
         return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     return False
+
+
+def memory_format_of(x: Tensor) -> torch.memory_format:
+    """The memory format to allocate a tensor like ``x`` (of another shape) in: channels-last or contiguous."""
+    if is_channels_last(x):
+        return torch.channels_last_3d if x.dim() == 5 else torch.channels_last
+    return torch.contiguous_format
 
 
 def weights_channels_last(module: nn.Module, spatial_dims: int) -> nn.Module:

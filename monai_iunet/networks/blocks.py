@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from monai.networks.layers.factories import Conv
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
 from ..layers.base import InvertibleModule
+from ..layers.conv import SameConv
 from ..layers.coupling import AdditiveCoupling, AffineCoupling
 
 __all__ = ["COUPLINGS", "coupling_subnet", "coupling_block"]
@@ -44,7 +44,7 @@ def coupling_subnet(
     layers: list[nn.Module] = []
     channels = in_channels
     for i in range(num_convs):
-        layers.append(Conv[Conv.CONV, spatial_dims](channels, out_channels, kernel_size, padding=kernel_size // 2))
+        layers.append(SameConv(spatial_dims, channels, out_channels, kernel_size))
         for kind in adn_ordering:
             if kind == "N":
                 layers.append(get_norm_layer(norm, spatial_dims, out_channels))

@@ -1,11 +1,13 @@
 """The fully invertible U-Net core (paper §3, eq. 8–9)."""
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: TorchScript reads class-level annotations as types, not strings.
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import List, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -119,6 +121,29 @@ def unet_plan(
     return UNetPlan(tuple(level_channels), tuple(skip_channels), tuple(strides_per_level), tuple(blocks), spatial_dims)
 
 
+_MARKER_KINDS = (Split, Concat)  # a marker's kind is its index here (TorchScript holds markers as int pairs)
+
+
+def _apply_markers(x: Tensor, skips: list[Tensor], markers: list[tuple[int, int]]) -> Tensor:
+    for kind, n in markers:
+        if kind == 0:  # Split
+            skips.append(x[:, :n])
+            x = x[:, n:]
+        else:  # Concat
+            x = torch.cat([skips.pop(), x], dim=1)
+    return x
+
+
+def _rename_legacy_keys(renames: dict[str, str], module, state_dict, prefix, *args) -> None:
+    """Load-state-dict pre-hook: keys named as before the layers lived in ``steps`` get today's names."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        parts = key[len(prefix) :].split(".")
+        for old in (parts[0], ".".join(parts[:2])):
+            if old in renames:
+                state_dict[prefix + renames[old] + key[len(prefix) + len(old) :]] = state_dict.pop(key)
+                break
+
+
 class InvertibleUNet(InvertibleModule):
     """Fully invertible U-Net: ``forward`` maps ``(B, C, *S)`` to ``(B, C, *S)`` and ``inverse`` undoes it exactly.
 
@@ -157,6 +182,8 @@ class InvertibleUNet(InvertibleModule):
             (measured: ``docs/benchmarks/layout/cpu.md``); ``"contiguous"`` keeps PyTorch's default channels-first layout.
             Inputs may come in either layout; the output comes in the input's layout.
     """
+
+    markers: List[List[Tuple[int, int]]]  # noqa: UP006 (TorchScript cannot infer it from empty lists)
 
     def __init__(
         self,
@@ -208,35 +235,54 @@ class InvertibleUNet(InvertibleModule):
                 return InvertibleIdentity()
             return InvertibleChannelMixing(spatial_dims, level_channels[level], mixing_method, init)
 
-        self.encoder = nn.ModuleList([stage(i) for i in range(num_levels - 1)])
-        self.split_mixing = nn.ModuleList([mixing(i, mixing_init) for i in range(num_levels - 1)])
-        self.downsampling = nn.ModuleList(
-            [
-                OrthogonalDownsampling(
-                    spatial_dims, c - n, s, resampling_method, resampling_init, learnable_resampling
-                )
-                for c, n, s in zip(level_channels, plan.skip_channels, strides_per_level)
-            ]
-        )
-        self.bottom = stage(num_levels - 1)
-        # Decoder lists are in execution order (deepest level first). Decoder layers start as the exact inverses of
-        # their encoder twins, so the core is the identity at init.
-        self.upsampling = nn.ModuleList(
-            [
-                OrthogonalUpsampling(
-                    spatial_dims, level_channels[i + 1], strides_per_level[i], resampling_method,
-                    self.downsampling[i].matrix.value(torch.float64).detach(), learnable_resampling,
-                )
-                for i in reversed(range(num_levels - 1))
-            ]
-        )
-        self.concat_mixing = nn.ModuleList(
-            [
-                mixing(i, self.split_mixing[i].matrix.value(torch.float64).detach()[0].mT if channel_mixing else None)
-                for i in reversed(range(num_levels - 1))
-            ]
-        )
-        self.decoder = nn.ModuleList([stage(i) for i in reversed(range(num_levels - 1))])
+        # Built in this order (encoder, then decoder, each kind of layer in turn) so that a seed gives the same
+        # initial weights as always. Decoder layers start as the exact inverses of their encoder twins, so the core is
+        # the identity at init.
+        encoder = [stage(i) for i in range(num_levels - 1)]
+        split_mixing = [mixing(i, mixing_init) for i in range(num_levels - 1)]
+        downsampling = [
+            OrthogonalDownsampling(spatial_dims, c - n, s, resampling_method, resampling_init, learnable_resampling)
+            for c, n, s in zip(level_channels, plan.skip_channels, strides_per_level)
+        ]
+        bottom = stage(num_levels - 1)
+        upsampling = {
+            i: OrthogonalUpsampling(
+                spatial_dims, level_channels[i + 1], strides_per_level[i], resampling_method,
+                downsampling[i].matrix.value(torch.float64).detach(), learnable_resampling,
+            )
+            for i in reversed(range(num_levels - 1))
+        }
+        concat_mixing = {
+            i: mixing(i, split_mixing[i].matrix.value(torch.float64).detach()[0].mT if channel_mixing else None)
+            for i in reversed(range(num_levels - 1))
+        }
+        decoder = {i: stage(i) for i in reversed(range(num_levels - 1))}
+        # The topology, once: a program of invertible layers and skip markers that forward, inverse, the
+        # memory-efficient engine and TorchScript all run.
+        program: Program = []
+        for i in range(num_levels - 1):
+            program += [encoder[i], split_mixing[i], Split(plan.skip_channels[i]), downsampling[i]]
+        program.append(bottom)
+        for i in reversed(range(num_levels - 1)):
+            program += [upsampling[i], Concat(plan.skip_channels[i]), concat_mixing[i], decoder[i]]
+        self.steps = nn.ModuleList([step for step in program if isinstance(step, nn.Module)])
+        # markers[k]: the (kind, skip channels) markers before steps[k]; markers[-1]: those after the last step
+        self.markers = [[]]
+        for step in program:
+            if isinstance(step, nn.Module):
+                self.markers.append([])
+            else:
+                self.markers[-1].append((_MARKER_KINDS.index(type(step)), step.skip_channels))
+        # checkpoints saved before the program held the layers name them by kind and level
+        legacy_names = {"bottom": bottom}
+        for kind, layers in (
+            ("encoder", encoder), ("split_mixing", split_mixing), ("downsampling", downsampling),
+            ("upsampling", upsampling.values()), ("concat_mixing", concat_mixing.values()), ("decoder", decoder.values()),
+        ):
+            legacy_names.update({f"{kind}.{j}": layer for j, layer in enumerate(layers)})
+        index = {id(step): k for k, step in enumerate(self.steps)}
+        renames = {name: f"steps.{index[id(layer)]}" for name, layer in legacy_names.items()}
+        self.register_load_state_dict_pre_hook(functools.partial(_rename_legacy_keys, renames))
         self.channels_last = memory_format == "channels_last" and spatial_dims > 1
         if self.channels_last:
             weights_channels_last(self, spatial_dims)
@@ -262,34 +308,28 @@ class InvertibleUNet(InvertibleModule):
         channels_first = self.channels_last and not is_channels_last(x)
         if self.channels_last:
             x = to_channels_last(x)
-        y = self._forward_plain(x) if torch.jit.is_scripting() else self._run_program(x)
+        y = self._run_scripted(x) if torch.jit.is_scripting() else self._run_program(x)
         return y.contiguous() if channels_first else y
 
-    def _forward_plain(self, x: Tensor) -> Tensor:
+    def _run_scripted(self, x: Tensor) -> Tensor:
+        """The program as TorchScript runs it (it cannot run the engine): plain autograd, same layers and markers."""
         skips: list[Tensor] = []
-        for stage, mix, down in zip(self.encoder, self.split_mixing, self.downsampling):
-            x = mix(stage(x))
-            n = x.shape[1] - down.in_channels
-            skips.append(x[:, :n])
-            x = down(x[:, n:])
-        x = self.bottom(x)
-        for up, mix, stage in zip(self.upsampling, self.concat_mixing, self.decoder):
-            x = stage(mix(torch.cat([skips.pop(), up(x)], dim=1)))
-        return x
+        for k, step in enumerate(self.steps):
+            x = _apply_markers(x, skips, self.markers[k])
+            x = step(x)
+        return _apply_markers(x, skips, self.markers[-1])
 
     @torch.jit.unused
     def _run_program(self, x: Tensor) -> Tensor:
         return run(self.program(), x, self.memory_efficient)
 
+    @torch.jit.unused
     def program(self) -> Program:
         """The core as a flat program of invertible layers and skip markers, for the memory-efficient engine."""
         program: Program = []
-        for stage, mix, n, down in zip(self.encoder, self.split_mixing, self.skip_channels, self.downsampling):
-            program += [stage, mix, Split(n), down]
-        program.append(self.bottom)
-        for up, n, mix, stage in zip(self.upsampling, self.skip_channels[::-1], self.concat_mixing, self.decoder):
-            program += [up, Concat(n), mix, stage]
-        return program
+        for markers, step in zip(self.markers, self.steps):
+            program += [_MARKER_KINDS[kind](n) for kind, n in markers] + [step]
+        return program + [_MARKER_KINDS[kind](n) for kind, n in self.markers[-1]]
 
     @torch.jit.unused
     def inverse(self, y: Tensor) -> Tensor:

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.networks.layers.factories import Conv
 from torch import Tensor, nn
 
 from ..layers.base import to_channels_last, weights_channels_last
+from ..layers.conv import SameConv
 from .invertible_unet import InvertibleUNet
 
 __all__ = ["IUNet"]
@@ -90,9 +90,8 @@ class IUNet(nn.Module):
             spatial_dims, channels, num_levels, blocks_per_level, strides, memory_efficient=memory_efficient,
             memory_format=memory_format, **core_kwargs,
         )
-        conv = Conv[Conv.CONV, spatial_dims]
-        self.lift = conv(in_channels, channels, lift_kernel_size, padding=lift_kernel_size // 2)
-        self.head = conv(channels, out_channels, head_kernel_size, padding=head_kernel_size // 2)
+        self.lift = SameConv(spatial_dims, in_channels, channels, lift_kernel_size)
+        self.head = SameConv(spatial_dims, channels, out_channels, head_kernel_size)
         if identity_init:
             for layer, kernel_size in ((self.lift, lift_kernel_size), (self.head, head_kernel_size)):
                 with torch.no_grad():
@@ -135,11 +134,13 @@ class IUNet(nn.Module):
                     f"{self.core.total_stride} and pad_input=False; crop/pad the input or set pad_input=True."
                 )
             x = F.pad(x, pad)
-        h = self.lift(x)
         if self.core.channels_last:
-            # PyTorch runs small convolutions (few channels, batch 1) with its channels-first kernel whatever the
-            # layout: give the core its state channels-last here, so that it neither converts nor returns a copy.
-            h = to_channels_last(h)
+            # The core gets its state channels-last, so that it neither converts nor returns a copy: the lift writes
+            # it so from a channels-last input (an in_channels-wide copy), except where PyTorch's kernel for it
+            # returns channels-first whatever the layout (float64, the CPU fallback).
+            h = to_channels_last(self.lift(to_channels_last(x)))
+        else:
+            h = self.lift(x)
         y = self.head(self.core(h))
         if self.core.channels_last:
             y = y.contiguous()  # out_channels wide: callers get the ordinary layout

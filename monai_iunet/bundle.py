@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from collections.abc import Callable
@@ -47,16 +48,20 @@ def load_weights(network: torch.nn.Module, path: str, map_location=None) -> torc
     state = torch.load(path, map_location=map_location, weights_only=True)
     if "model" in state and isinstance(state["model"], dict):
         state = state["model"]
-    own = network.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mis_shaped = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    # tried on a copy first, so that a mismatch leaves the network as it was; load_state_dict (not a comparison of
+    # keys) so that the network's own load hooks (earlier parameter names) apply
+    try:
+        result = copy.deepcopy(network).load_state_dict(state, strict=False)
+        mis_shaped = ""
+    except RuntimeError as error:  # parameters of another shape
+        result, mis_shaped = None, str(error).split(":", 1)[-1].strip()
+    missing, unexpected = (sorted(result.missing_keys), sorted(result.unexpected_keys)) if result else ([], [])
     if missing or unexpected or mis_shaped:
         raise ValueError(
             f"checkpoint {path} does not match the network (another architecture?): "
             f"missing {missing[:10]}{'…' if len(missing) > 10 else ''}, "
-            f"unexpected {unexpected[:10]}{'…' if len(unexpected) > 10 else ''}, "
-            f"different shape {mis_shaped[:10]}{'…' if len(mis_shaped) > 10 else ''}."
+            f"unexpected {unexpected[:10]}{'…' if len(unexpected) > 10 else ''}"
+            + (f", {mis_shaped[:1000]}" if mis_shaped else ".")
         )
     network.load_state_dict(state)
     return network

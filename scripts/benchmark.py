@@ -262,11 +262,12 @@ def report(results: dict, device: str, output: Path, sweeps: list[str]) -> None:
         "its error. *IUNet, reference blocks*: coupling blocks as in iunets (one 3×3 conv → LeakyReLU → "
         "GroupNorm(1), Cayley resampling), blocks b = the reference's architecture entries 2b. The reference's "
         "exp/Cayley gradients are wrong (`gradcheck` fails): it is here for memory and speed only. On CPU, times "
-        "depend on which kernel PyTorch picks per convolution (oneDNN, or its im2col fallback for small-channel 3D "
-        "convolutions under a size threshold, which is also why width 8 or 48³ can be slower than width 16 or 64³). "
-        "IUNet layouts: channels-last is the default; rows measured with channels-first (`memory_format="
-        "\"contiguous\"`, the only layout before) are labelled so; `python scripts/benchmark.py --sweeps layout` "
-        "measures both side by side in one run.",
+        "depend on which kernel PyTorch picks per convolution: at batch 1 it sends a convolution with "
+        "channels·depth·height ≤ 20480 to its im2col fallback, several times slower than oneDNN; the IUNets' "
+        "convolutions (`SameConv`) run such inputs as a batch of two half-volumes, which oneDNN takes, the other "
+        "networks' convolutions go where PyTorch sends them (which is why MONAI UNet or SegResNet can be slower at "
+        "48³ than at 64³). IUNet layouts: channels-last is the default; rows measured with channels-first "
+        "(`memory_format=\"contiguous\"`) are labelled so.",
         "",
         "## Headline",
         "",

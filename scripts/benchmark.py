@@ -256,7 +256,9 @@ def report(results: dict, device: str, output: Path, sweeps: list[str]) -> None:
         "",
         "Reproduce: `python scripts/benchmark.py" + ("" if device == "cpu" else f" --device {device}") + "`. One "
         "training step = forward, MSE loss, backward, Adam step; batch 1, 4 → 3 channels. Each case in a fresh "
-        "process; the CPU peak is anonymous resident memory (after a warm-up step, `MALLOC_MMAP_THRESHOLD_=65536`), "
+        "process, memory and time in two: the CPU peak is anonymous resident memory (after a warm-up step, with "
+        "`MALLOC_MMAP_THRESHOLD_=65536` so that freed memory leaves the process), the step time from a process with "
+        "the default allocator; "
         "the CUDA peak `torch.cuda.max_memory_allocated`; both count parameters, optimizer state, the batch and the "
         "step. Step time: median of the steps after the warm-up. *planner*: `monai_iunet.planner`'s prediction and "
         "its error. *IUNet, reference blocks*: coupling blocks as in iunets (one 3×3 conv → LeakyReLU → "

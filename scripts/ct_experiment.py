@@ -79,7 +79,7 @@ def train_and_evaluate(name: str, data: Path, out: Path, epochs: int, previous: 
     model_config = folder / "network.json"
     model_config.write_text(json.dumps({"network_def": network_def}, indent=2))
     size = json.loads((data / "datalist.json").read_text())["simulation"]["size"]
-    memory = run_case({"network_def": network_def, "size": size, "in_channels": 1, "out_channels": 1, "steps": 3})
+    memory = run_case({"network_def": network_def, "size": size, "in_channels": 1, "out_channels": 1, "steps": 3}, timed=False)
     common = dict(dataset_dir=data, bundle_root=folder, ckpt_dir=folder / "models", output_dir=folder / "eval")
     start = time.time()
     if not (folder / "models" / "model.pt").is_file():

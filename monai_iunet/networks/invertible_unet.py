@@ -152,6 +152,11 @@ class InvertibleUNet(InvertibleModule):
     stride_i), giving ``C_{i+1} = λ·σ_i·C_i``. The decoder mirrors it: upsample, concatenate the skip, mix channels,
     ``blocks_per_level[i]`` coupling layers. The bottom level has ``blocks_per_level[-1]`` coupling layers.
 
+    The topology is written down once, as a program (:meth:`program`): the layers in execution order (``steps``)
+    with the skips' split/concat markers between them (``markers``). ``forward`` runs it through the
+    memory-efficient engine (plain autograd where no gradient is recorded, and under tracing or export), TorchScript
+    interprets the same steps and markers, and ``inverse`` runs the program backwards.
+
     Args:
         spatial_dims: 1, 2 or 3.
         channels: number of channels C_0 of input and output.
@@ -179,7 +184,7 @@ class InvertibleUNet(InvertibleModule):
         memory_efficient: during training keep no activations and reconstruct them by inversion in backward.
         memory_format: ``"channels_last"`` (default; 2D/3D) keeps the state and the convolution weights with channels
             stored last, where oneDNN (CPU) and cuDNN run the sub-networks' small-channel convolutions fastest
-            (measured: ``docs/benchmarks/layout/cpu.md``); ``"contiguous"`` keeps PyTorch's default channels-first layout.
+            (measured: ``docs/benchmarks/cpu.md``); ``"contiguous"`` keeps PyTorch's default channels-first layout.
             Inputs may come in either layout; the output comes in the input's layout.
     """
 

@@ -35,7 +35,7 @@ def test_extrapolated_timeline_equals_a_direct_simulation(memory_efficient, shap
     ],
 )
 def test_cpu_prediction_within_15_percent_of_measured_peak(case):
-    measured = run_case({**case, "steps": 2})
+    measured = run_case({**case, "steps": 2}, timed=False)
     assert "error" not in measured, measured
     planner = MemoryPlanner(spatial_dims=3, in_channels=4, out_channels=3, channels=case["width"],
                             num_levels=case["levels"], blocks_per_level=case["blocks"],

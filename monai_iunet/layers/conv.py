@@ -5,9 +5,9 @@ N·C·D·H ≤ 20480 (ATen's ``ConvParams::use_mkldnn``, "for some case, native 
 an iUNet's sub-network convolutions below full resolution: 16 → 16 channels at 32³ take 104 ms forward and backward
 there, 10 ms on oneDNN (2 threads; ``docs/benchmarks/cpu.md``). A batch of two is never sent there, so such a
 convolution runs here as a batch of the two halves of the volume along the first spatial axis, each with the
-``kernel // 2`` slices of its neighbour that it needs: the same convolution (to rounding), for two half-size copies
-of the input. The output halves of a channels-last convolution lie in memory exactly as the whole output does, so
-joining them is a view.
+``kernel // 2`` slices of its neighbour that it needs: the same convolution (to rounding), for one copy of the
+input. The output halves of a channels-last convolution lie in memory exactly as the whole output does, so joining
+them is a view; autograd keeps the input, as for any convolution (the halves are rebuilt in backward).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def splits_batch(x: Tensor, weight: Tensor) -> bool:
         and x.dtype == torch.float32
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
+        and not torch.is_autocast_enabled("cpu")  # autocast runs it in bf16/fp16, which PyTorch sends to oneDNN
         and not torch.jit.is_tracing()  # a trace or an export records one graph for all sizes
         and not torch.compiler.is_exporting()
         and falls_back(x.shape, weight.shape)
@@ -48,6 +49,7 @@ def falls_back(input_shape: Sequence[int], weight_shape: Sequence[int]) -> bool:
         len(input_shape) >= 4
         and input_shape[0] == 1
         and input_shape[2] % 2 == 0
+        and input_shape[2] // 2 >= kernel[0] // 2  # a halo no thicker than a half
         and not all(k == 1 for k in kernel)  # 1×1 convolutions need no columns: the fallback is a plain matmul
         and not (kernel[-1] > 3 and kernel[-2] > 3)
         and math.prod(input_shape[1:4]) <= _FALLBACK_MAX_ELEMENTS
@@ -59,20 +61,61 @@ def same_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     padding = [k // 2 for k in weight.shape[2:]]
     if not splits_batch(x, weight):
         return _conv(x, weight, bias, padding)
-    d, p = x.shape[2], padding[0]
-    half = d // 2
-    # the two halves, each with the p slices of its neighbour (or of zero padding) it needs, as one batch: one copy
+    return _HalvedConvolution.apply(x, weight, bias)
+
+
+def _halves(x: Tensor, p: int) -> Tensor:
+    """The two halves of ``x`` along its first spatial axis, each with the ``p`` slices of its neighbour (or of zero
+    padding) that a same-size convolution needs, as one batch of two, in ``x``'s layout."""
+    half = x.shape[2] // 2
     halves = torch.empty(
-        (2, x.shape[1], half + 2 * p, *x.shape[3:]), dtype=x.dtype, device=x.device,
-        memory_format=memory_format_of(x),
+        (2, x.shape[1], half + 2 * p, *x.shape[3:]), dtype=x.dtype, device=x.device, memory_format=memory_format_of(x)
     )
     halves[:1, :, :p] = 0
     halves[:1, :, p:] = x[:, :, : half + p]
     halves[1:, :, : half + p] = x[:, :, half - p :]
     halves[1:, :, half + p :] = 0
-    out = _conv(halves, weight, bias, [0, *padding[1:]])
-    # (2, C, half, ...) → (C, 2·half, ...): a view for channels-last outputs, a copy otherwise
-    return out.movedim(0, 1).reshape(out.shape[1], d, *out.shape[3:]).unsqueeze(0)
+    return halves
+
+
+def _join(halves: Tensor) -> Tensor:
+    """(2, C, h, ...) → (1, C, 2h, ...): a view for channels-last tensors, a copy otherwise."""
+    return halves.movedim(0, 1).reshape(halves.shape[1], 2 * halves.shape[2], *halves.shape[3:]).unsqueeze(0)
+
+
+class _HalvedConvolution(torch.autograd.Function):
+    """The convolution on the batch of halves. Saves ``x`` rather than the halves (rebuilt in backward, a copy), so
+    that autograd keeps exactly what it keeps for an ordinary convolution."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        padding = [k // 2 for k in weight.shape[2:]]
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _join(_conv(_halves(x, padding[0]), weight, bias, [0, *padding[1:]]))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y: Tensor):
+        x, weight = ctx.saved_tensors
+        n, p = weight.dim() - 2, weight.shape[2] // 2
+        half = x.shape[2] // 2
+        # the output gradient split as the output was joined (the inverse view / copy)
+        grad_halves = grad_y[0].reshape(grad_y.shape[1], 2, half, *grad_y.shape[3:]).movedim(1, 0)
+        grad_halves = grad_halves.contiguous(memory_format=memory_format_of(x))
+        grad_in, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+            grad_halves, _halves(x, p), weight, [weight.shape[0]] if ctx.has_bias else None, [1] * n,
+            [0] + [k // 2 for k in weight.shape[3:]], [1] * n, False, [0] * n, 1,
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]],
+        )
+        grad_x = None
+        if grad_in is not None:  # each half's gradient back in place; the halo slices overlap the other half
+            grad_x = torch.empty_like(x)
+            grad_x[:, :, :half] = grad_in[:1, :, p : p + half]
+            grad_x[:, :, half:] = grad_in[1:, :, p : p + half]
+            grad_x[:, :, half : half + p] += grad_in[:1, :, p + half :]
+            grad_x[:, :, half - p : half] += grad_in[1:, :, :p]
+        return grad_x, grad_weight, grad_bias
 
 
 def _conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: list[int]) -> Tensor:

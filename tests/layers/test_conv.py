@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from monai_iunet.engine import SavedTensorBytes
 from monai_iunet.layers.conv import SameConv, falls_back, same_conv, splits_batch
 
 CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
@@ -48,7 +49,10 @@ def test_no_split_where_pytorch_would_not_fall_back_or_onednn_is_off():
     assert not splits_batch(x.to(torch.bfloat16), weight.to(torch.bfloat16))
     with torch.backends.mkldnn.flags(enabled=False):
         assert not splits_batch(x, weight)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # runs in bf16, which PyTorch sends to oneDNN anyway
+        assert not splits_batch(x, weight)
     assert not falls_back((1, 16, 32), (16, 16, 3))  # 1D
+    assert falls_back((1, 16, 4, 32, 32), (16, 16, 5, 3, 3)) and not falls_back((1, 16, 2, 32, 32), (16, 16, 5, 3, 3))
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
@@ -80,7 +84,7 @@ def test_halved_convolution_gradcheck_float64(monkeypatch):
     """The split path in float64 (forced on: PyTorch's rule only concerns float32): gradients are exact."""
     monkeypatch.setattr("monai_iunet.layers.conv.splits_batch", lambda x, w: True)
     torch.manual_seed(0)
-    for shape, kernel in [((1, 2, 4, 3, 3), (3, 3, 1)), ((1, 3, 6, 4), (5, 3))]:
+    for shape, kernel in [((1, 2, 4, 3, 3), (3, 3, 1)), ((1, 3, 6, 4), (5, 3)), ((1, 2, 4, 3, 3), (5, 1, 3))]:
         x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
         weight = torch.randn(2, shape[1], *kernel, dtype=torch.float64, requires_grad=True)
         bias = torch.randn(2, dtype=torch.float64, requires_grad=True)
@@ -109,3 +113,15 @@ def test_same_conv_module_is_interchangeable_with_torch_conv():
     assert ours.weight.abs().max() <= bound and SameConv(3, 4, 6, 3).bias.abs().max() <= bound
     with pytest.raises(ValueError, match="odd"):
         SameConv(3, 4, 6, 2)
+
+
+def test_autograd_keeps_what_it_keeps_for_an_ordinary_convolution():
+    x = torch.randn(1, 16, 32, 16, 16).contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+    weight = torch.randn(16, 16, 3, 3, 3).contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+    assert splits_batch(x, weight)
+    saved = []
+    for fn in (same_conv, lambda a, w, b: F.conv3d(a, w, b, padding=1)):
+        with SavedTensorBytes() as counter:
+            fn(x, weight, None)
+        saved.append(counter.bytes)
+    assert saved[0] == saved[1] == x.nbytes + weight.nbytes

@@ -11,8 +11,9 @@ What it adds for the device (``device_type``):
 
 * ``"cpu"``: what convolutions allocate inside the op, invisible to the dispatch mode — the im2col buffers of those
   PyTorch runs with its fallback kernel (it picks by a size rule), oneDNN's blocked-layout copies of input and
-  output for the others, and the batch of two half-volumes for those ``SameConv`` moves off the fallback — and ``CPU_RUNTIME_BYTES`` for what a process
-  that has run a training step holds beyond tensors (oneDNN, OpenMP and autograd-thread memory). Checked against
+  output for the others, and the batch of two half-volumes for those that ``SameConv`` moves off the fallback —
+  and ``CPU_RUNTIME_BYTES`` for what a process that has run a training step holds beyond tensors (oneDNN, OpenMP
+  and autograd-thread memory). Checked against
   peaks measured with ``monai_iunet.benchmarking``: within 7 % over 24 configurations (``docs/benchmarks/cpu.md``);
 * ``"cuda"``: Adam's ``foreach`` temporaries are simulated as on CUDA; cuDNN's workspace and the allocator's
   rounding are not modelled (leave ~10 % headroom), and the CUDA context (~0.5 GiB, outside

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import memory_format_of
+from .base import is_channels_last, memory_format_of
 
 __all__ = ["SameConv", "falls_back", "same_conv", "splits_batch"]
 
@@ -79,8 +79,12 @@ def _halves(x: Tensor, p: int) -> Tensor:
 
 
 def _join(halves: Tensor) -> Tensor:
-    """(2, C, h, ...) → (1, C, 2h, ...): a view for channels-last tensors, a copy otherwise."""
-    return halves.movedim(0, 1).reshape(halves.shape[1], 2 * halves.shape[2], *halves.shape[3:]).unsqueeze(0)
+    """(2, C, h, ...) → (1, C, 2h, ...) with the strides of a tensor allocated so (the batch stride included, which
+    the next op's layout choice reads): a view for channels-last tensors, a copy otherwise."""
+    c, h, rest = halves.shape[1], halves.shape[2], halves.shape[3:]
+    if is_channels_last(halves):
+        return halves.movedim(1, -1).reshape(1, 2 * h, *rest, c).movedim(-1, 1)
+    return halves.movedim(0, 1).reshape(c, 2 * h, *rest).unsqueeze(0)
 
 
 class _HalvedConvolution(torch.autograd.Function):

@@ -42,12 +42,14 @@ def _layouts(net, x) -> Counter:
     return seen
 
 
+@pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("coupling", ["additive", "affine"])
-def test_layout_holds_through_the_engine(coupling):
-    # Batch 2: PyTorch sends every convolution to oneDNN (at batch 1 it keeps small ones on its channels-first
-    # kernel, whatever the layout), so every layer output shows whether the layout held.
+def test_layout_holds_through_the_engine(coupling, batch):
+    # Batch 2: PyTorch sends every convolution to oneDNN; batch 1 at these sizes: SameConv runs them as a batch of
+    # two halves (PyTorch alone would keep them on its channels-first kernel). Every layer output shows whether the
+    # layout held.
     net, _ = _pair(coupling=coupling)
-    x = torch.randn(2, 4, 16, 16, 16)
+    x = torch.randn(batch, 4, 16, 16, 16)
     seen = _layouts(net, x)
     assert seen["other"] == 0 and seen["channels_last"] > 50, seen
     assert net(x).is_contiguous()  # callers get PyTorch's ordinary layout

@@ -45,6 +45,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from .layers.base import is_channels_last
 from .layers.conv import falls_back
 from .networks import IUNet
 from .networks.invertible_unet import unet_plan
@@ -122,6 +123,7 @@ class _Convolution:
         self.index = index
         self.conv_args = tuple(tuple(a) if isinstance(a, (list, tuple)) else a for a in conv_args)
         self.input_shape, self.weight_shape, self.dtype = tuple(input.shape), tuple(weight.shape), input.dtype
+        self.channels_last = is_channels_last(input)
 
     def cpu_workspace(self, batch_size: int, scale: Sequence[int]) -> int:
         """Bytes a CPU convolution allocates inside the op, for this convolution on ``batch_size`` × (spatial shape
@@ -148,9 +150,11 @@ class _Convolution:
             out_channels = self.weight_shape[0]
         input = torch.empty(batch_size, self.input_shape[1], *spatial_in, dtype=self.dtype)
         if self._halved(input):
-            # SameConv's batch of two halves with their halos, and oneDNN's copies of it and of the output
+            # SameConv's batch of two halves with their halos, and oneDNN's copies of it and of the output; in the
+            # channels-first layout also the copies that join the output halves and split their gradient
             halves = self.input_shape[1] * (spatial_in[0] + 4 * padding[0]) * math.prod(spatial_in[1:])
-            elements = 2 * halves + out_channels * math.prod(spatial_out)
+            output = out_channels * math.prod(spatial_out)
+            elements = 2 * halves + (1 if self.channels_last else 3) * output
             return elements * input.element_size()
         backend = select(input, torch.empty(self.weight_shape, dtype=self.dtype), None, *self.conv_args).name
         if backend in _IM2COL_BACKENDS:

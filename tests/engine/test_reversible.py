@@ -52,7 +52,8 @@ def test_gradients_equal_plain_autograd_fp32(coupling, method, mixing, spatial_d
     """fp32 agreement is a rounding question: a near-cancelling gradient (e.g. 2 elements of ~2e-4) differs between
     any two fp32 summation orders, and thread counts change the order. So both fp32 paths are compared with the fp64
     truth of the same network, the memory-efficient one allowed 1e-5 of the gradient's norm plus a few times the
-    error plain autograd makes itself (the fp64 comparison below stays at 1e-10)."""
+    error plain autograd makes itself, plus 1e-7 (about fp32's resolution) of the network's largest gradient norm
+    for gradients that are small only because they cancel (the fp64 comparison below stays at 1e-10)."""
     net = _net(spatial_dims, coupling=coupling, resampling_method=method, mixing_method=method, channel_mixing=mixing,
                memory_format=memory_format)
     x = _input(net)
@@ -62,10 +63,11 @@ def test_gradients_equal_plain_autograd_fp32(coupling, method, mixing, spatial_d
 def _assert_fp32_gradients_close_to_truth(net, x, steps=1):
     plain, efficient = _gradients(net, x, False, steps), _gradients(net, x, True, steps)
     truth = _gradients(net.double(), x.double(), False, steps)
+    resolution = 1e-7 * max(t.norm() for t in truth)
     for i, (t, p, e) in enumerate(zip(truth, plain, efficient)):
         assert e is not None, f"gradient {i} missing"
         t, p, e = t.double(), p.double(), e.double()
-        bound = 1e-5 * t.norm() + 4 * (p - t).norm()
+        bound = 1e-5 * t.norm() + 4 * (p - t).norm() + resolution
         assert (e - t).norm() <= bound, f"gradient {i}: error {(e - t).norm():.2e}, bound {bound:.2e} (|g| {t.norm():.2e})"
 
 

@@ -222,8 +222,10 @@ def run_case(case: dict, timeout: float | None = None, timed: bool = True) -> di
     runs only the first (for memory; its ``step_seconds`` is then that process's)."""
     memory = _run_measure({**case, "steps": min(case.get("steps", 4), 2)}, {"MALLOC_MMAP_THRESHOLD_": "65536"},
                           timeout)
-    if "error" in memory or not timed:
-        return {**case, "error": memory["error"]} if "error" in memory else {**memory, **case}
+    if "error" in memory:
+        return {**case, "error": memory["error"]}
+    if not timed:
+        return {**memory, **case}
     timing = _run_measure(case, {}, timeout)
     if "error" in timing:
         return {**case, "error": timing["error"]}

@@ -7,6 +7,10 @@ Cases without a segmentation go to ``testing``; a case folder with a ``dicom/`` 
 listed under ``testing_dicom``.
 
     python -m monai_iunet.data.datalist --dataset-dir data/brats_synthetic --output data/datalist.json
+
+With ``--split`` a committed split file (``{"training": [case, ...], "testing": [case, ...]}``, e.g.
+``configs/splits/brats_real_holdout.json``) fixes which cases train and which are held out: the held-out cases,
+with their labels, are both ``validation`` (monitoring only) and ``testing`` (``evaluate.json``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 
 from .synthetic import MODALITIES, NAMING
 
-__all__ = ["find_cases", "make_datalist", "write_datalist"]
+__all__ = ["find_cases", "make_datalist", "split_datalist", "write_datalist"]
 
 
 def _find(case_dir: Path, suffix: str) -> Path | None:
@@ -69,8 +73,26 @@ def make_datalist(dataset_dir: str | Path, val_fraction: float = 0.2, seed: int 
     return datalist
 
 
-def write_datalist(dataset_dir: str | Path, output: str | Path, val_fraction: float = 0.2, seed: int = 0) -> dict:
-    datalist = make_datalist(dataset_dir, val_fraction, seed)
+def split_datalist(dataset_dir: str | Path, split: str | Path) -> dict[str, list[dict]]:
+    """The datalist of a committed split: its ``training`` cases train, its ``testing`` cases (labelled) are held
+    out. Every case the split names must be found under ``dataset_dir`` with its label."""
+    split = json.loads(Path(split).read_text())
+    found = {c["case"]: c for c in find_cases(dataset_dir) if "label" in c}
+    wanted = {part: list(split[part]) for part in ("training", "testing")}
+    overlap = set(wanted["training"]) & set(wanted["testing"])
+    if overlap:
+        raise ValueError(f"split names cases both for training and testing: {sorted(overlap)}.")
+    missing = [c for part in wanted.values() for c in part if c not in found]
+    if missing:
+        raise FileNotFoundError(f"cases of the split not found (with a label) under {dataset_dir}: {missing}.")
+    item = lambda c: {"case": c, "image": found[c]["image"], "label": found[c]["label"]}  # noqa: E731
+    held_out = [item(c) for c in wanted["testing"]]
+    return {"training": [item(c) for c in wanted["training"]], "validation": held_out, "testing": held_out}
+
+
+def write_datalist(dataset_dir: str | Path, output: str | Path, val_fraction: float = 0.2, seed: int = 0,
+                   split: str | Path | None = None) -> dict:
+    datalist = split_datalist(dataset_dir, split) if split else make_datalist(dataset_dir, val_fraction, seed)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(json.dumps(datalist, indent=2))
     return datalist
@@ -82,8 +104,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", required=True)
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", help="a committed split file (training/testing case names) instead of a seeded split")
     args = parser.parse_args(argv)
-    datalist = write_datalist(args.dataset_dir, args.output, args.val_fraction, args.seed)
+    datalist = write_datalist(args.dataset_dir, args.output, args.val_fraction, args.seed, args.split)
     print(", ".join(f"{k}: {len(v)}" for k, v in datalist.items()), f"-> {args.output}")
 
 

@@ -45,7 +45,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["NETWORKS", "FIXED_DEPTH", "build_network", "build_case_network", "reference_available", "measure", "run_case"]
+__all__ = ["NETWORKS", "FIXED_DEPTH", "build_network", "build_case_network", "reference_available", "measure", "run_case",
+           "run_inference_case"]
 
 IN_CHANNELS, OUT_CHANNELS = 4, 3
 
@@ -242,6 +243,40 @@ def _run_measure(case: dict, env: dict, timeout: float | None) -> dict:
         lines = (out.stderr.strip() or f"exit status {out.returncode}").splitlines()
         return {"error": lines[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+_PEAK_RSS_WRAPPER = (
+    "import resource, runpy, sys; sys.argv = ['monai.bundle'] + sys.argv[1:]\n"
+    "try:\n    runpy.run_module('monai.bundle', run_name='__main__')\nexcept SystemExit as e:\n"
+    "    if e.code: raise\n"
+    "print('peak_rss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+)
+
+
+def run_inference_case(bundle, case_dir, out, model, configs=(), **overrides) -> dict:
+    """Whole-case inference with a bundle's ``configs/inference.json`` (and further ``configs`` layered on it) on
+    the case in ``case_dir`` (``*_t1``, ``*_t1ce``, ``*_t2``, ``*_flair`` NIfTI files), in a fresh process that
+    reports its own peak RSS. Returns wall seconds of the whole process (loading and writing included), the peak
+    RSS in MiB and the path of the label map written."""
+    from pathlib import Path
+
+    bundle, case_dir, out = Path(bundle), Path(case_dir).resolve(), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = [str(next(case_dir.glob(f"*_{m}.nii*"))) for m in ("t1", "t1ce", "t2", "flair")]
+    datalist = out / "datalist.json"
+    datalist.write_text(json.dumps({"testing": [{"image": images, "case": case_dir.name}]}))
+    files = [str(bundle / "configs" / "inference.json"), *(str(c) for c in configs)]
+    # The child reports its own peak RSS: RUSAGE_CHILDREN would give the largest of all runs so far.
+    command = [sys.executable, "-c", _PEAK_RSS_WRAPPER, "run", "--config_file", repr(files),
+               "--bundle_root", str(bundle), "--data_list_file_path", str(datalist), "--dataset_dir", str(out),
+               "--ckpt_path", str(model), "--output_dir", str(out), "--write_dicom_seg", "False"]
+    for key, value in overrides.items():
+        command += [f"--{key}", str(value)]
+    start = time.perf_counter()
+    result = subprocess.run(command, check=True, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    peak_kib = int(result.stdout.strip().splitlines()[-1].split()[-1])
+    return {"seconds": seconds, "peak_rss_mib": peak_kib / 1024, "label": str(out / f"{case_dir.name}_seg.nii.gz")}
 
 
 if __name__ == "__main__":

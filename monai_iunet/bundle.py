@@ -1,4 +1,8 @@
-"""Small helpers that the bundle configs call (``$monai_iunet.bundle...``), and ``run_bundle`` for scripts."""
+"""Small helpers that the bundle configs call (``$monai_iunet.bundle...``), ``run_bundle`` for scripts, and
+``bundle_path``: where the shipped bundles are, installed or in a checkout.
+
+    python -m monai_iunet.bundle brats_iunet_segmentation     # prints the bundle folder
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,31 @@ from pathlib import Path
 import torch
 from monai.handlers import from_engine
 
-__all__ = ["REGIONS", "region_output_transform", "load_weights", "handlers_for_rank", "run_bundle"]
+__all__ = ["REGIONS", "BUNDLES", "bundle_path", "handler", "region_output_transform", "load_weights", "handlers_for_rank",
+           "run_bundle"]
 
 REGIONS = ("TC", "WT", "ET")
+BUNDLES = ("brats_iunet_segmentation", "ct_iunet_postprocessing")
+
+
+def bundle_path(name: str = "brats_iunet_segmentation") -> Path:
+    """The folder of a shipped bundle: inside the installed package (``pip install``, see ``setup.py``), or the
+    ``bundles/`` folder of a source checkout (editable install)."""
+    if name not in BUNDLES:
+        raise ValueError(f"unknown bundle '{name}'; shipped bundles: {', '.join(BUNDLES)}.")
+    package = Path(__file__).resolve().parent
+    for folder in (package / "bundles" / name, package.parent / "bundles" / name):
+        if (folder / "configs" / "metadata.json").is_file():
+            return folder
+    raise FileNotFoundError(f"bundle {name} is neither in the installed package ({package / 'bundles'}) nor in a "
+                            f"source checkout ({package.parent / 'bundles'}); reinstall monai-iunet.")
+
+
+def handler(instance):
+    """``instance`` itself. A config's handler list entry ``{"_target_": "monai_iunet.bundle.handler", "instance":
+    "@lr_scheduler"}`` attaches an object defined elsewhere in the config (one that the resumable checkpoint also
+    saves) while keeping every entry a dict, as MONAI Label requires (it reads ``_target_`` of each)."""
+    return instance
 
 
 def region_output_transform(channel: int) -> Callable:
@@ -80,3 +106,15 @@ def run_bundle(bundle: str | Path, configs: list, log: str | Path | None = None,
         return
     with open(log, "a") as out:
         subprocess.run(command, cwd=bundle, check=True, stdout=out, stderr=subprocess.STDOUT)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m monai_iunet.bundle", description="Print a shipped bundle's folder.")
+    parser.add_argument("name", nargs="?", default="brats_iunet_segmentation", choices=BUNDLES)
+    print(bundle_path(parser.parse_args(argv).name))
+
+
+if __name__ == "__main__":
+    main()

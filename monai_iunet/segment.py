@@ -18,13 +18,10 @@ from pathlib import Path
 
 __all__ = ["segment_study", "main"]
 
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "brats_iunet_segmentation"
-
-
 def segment_study(
     study: str | Path,
     output: str | Path,
-    bundle: str | Path = DEFAULT_BUNDLE,
+    bundle: str | Path | None = None,
     device: str | None = None,
     ckpt: str | Path | None = None,
     configs: list[str] | None = None,
@@ -38,7 +35,10 @@ def segment_study(
     import torch
     from monai.bundle import ConfigParser
 
-    bundle, study, output = Path(bundle).resolve(), Path(study).resolve(), Path(output).resolve()
+    from .bundle import bundle_path
+
+    bundle = Path(bundle).resolve() if bundle else bundle_path("brats_iunet_segmentation")
+    study, output = Path(study).resolve(), Path(output).resolve()
     if not (bundle / "configs" / "inference.json").is_file():
         raise FileNotFoundError(f"{bundle} is not a bundle folder (no configs/inference.json); pass --bundle.")
     if not study.is_dir():
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("study", type=Path, help="DICOM study folder")
     parser.add_argument("--output", type=Path, required=True, help="output folder")
-    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="bundle folder (default: %(default)s)")
+    parser.add_argument("--bundle", type=Path, help="bundle folder (default: the installed BraTS bundle)")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
     parser.add_argument("--ckpt", type=Path, help="weights (default: <bundle>/models/model.pt)")
     parser.add_argument("--config", action="append", default=[], help="further config file layered on inference.json")

@@ -12,6 +12,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform, ResampleToMatch
+from monai.transforms import Spacingd as _MonaiSpacingd
 
 from .data.dicom_series import (
     DicomSeries,
@@ -25,7 +26,7 @@ from .data.series_selection import SelectionError, select_series
 from .data.synthetic import MODALITIES as BRATS_MODALITIES
 from .registration import register_rigid
 
-__all__ = ["LoadModalitiesd", "BratsLabelsFromRegionsd", "CaseError", "case_name"]
+__all__ = ["LoadModalitiesd", "BratsLabelsFromRegionsd", "Spacingd", "CaseError", "case_name"]
 
 
 logger = logging.getLogger(__name__)
@@ -305,4 +306,19 @@ class BratsLabelsFromRegionsd(MapTransform):
             if isinstance(regions, MetaTensor):
                 label = MetaTensor(label, meta=dict(regions.meta), applied_operations=list(regions.applied_operations))
             d[key] = label
+        return d
+
+
+class Spacingd(_MonaiSpacingd):
+    """MONAI's ``Spacingd`` (same arguments, same inverse for ``Invertd``) that tolerates entries named
+    ``<key>_<anything>`` which are not meta-data dicts. MONAI's treats every such entry of a NIfTI image as its meta
+    dict and calls ``.update`` on it, so it fails on the ``image_path`` string that MONAI Label puts next to
+    ``image`` in every request."""
+
+    def __call__(self, data, lazy=None):
+        d = dict(data)
+        aside = {k: d.pop(k) for k in list(d) if isinstance(k, str) and not isinstance(d[k], Mapping)
+                 and any(k.startswith(f"{key}_") for key in self.keys)}
+        d = super().__call__(d, lazy)
+        d.update(aside)
         return d

@@ -14,22 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from monai_iunet.benchmarking import run_inference_case
+
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
-PEAK_RSS_WRAPPER = (
-    "import resource, runpy, sys; sys.argv = ['monai.bundle'] + sys.argv[1:]\n"
-    "try:\n    runpy.run_module('monai.bundle', run_name='__main__')\nexcept SystemExit as e:\n"
-    "    if e.code: raise\n"
-    "print('peak_rss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-)
 
 
 def seeded_weights(path: Path) -> None:
@@ -43,21 +36,7 @@ def seeded_weights(path: Path) -> None:
 
 
 def run_case(case_dir: Path, out: Path, model: Path, amp: bool) -> dict:
-    images = [str(next(case_dir.glob(f"*_{m}.nii*"))) for m in ("t1", "t1ce", "t2", "flair")]
-    datalist = out / "datalist.json"
-    datalist.write_text(json.dumps({"testing": [{"image": images, "case": case_dir.name}]}))
-    # The child reports its own peak RSS: RUSAGE_CHILDREN would give the largest of all runs so far.
-    command = [
-        sys.executable, "-c", PEAK_RSS_WRAPPER, "run", "--config_file", str(BUNDLE / "configs" / "inference.json"),
-        "--bundle_root", str(BUNDLE), "--data_list_file_path", str(datalist), "--dataset_dir", str(out),
-        "--ckpt_path", str(model), "--output_dir", str(out), "--amp", str(amp), "--write_dicom_seg", "False",
-    ]
-    start = time.perf_counter()
-    result = subprocess.run(command, check=True, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    peak_kib = int(result.stdout.strip().splitlines()[-1].split()[-1])
-    return {"amp": amp, "seconds": seconds, "peak_rss_mib": peak_kib / 1024,
-            "label": str(out / f"{case_dir.name}_seg.nii.gz")}
+    return {"amp": amp, **run_inference_case(BUNDLE, case_dir, out, model, amp=amp)}
 
 
 def main() -> None:

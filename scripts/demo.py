@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """The main job on a fresh machine (``make demo``): synthetic BraTS data → train → evaluate → infer on NIfTI and DICOM
-→ segment a PACS-like DICOM study with the one-command entry point.
+→ segment a PACS-like DICOM study with the one-command entry point → the shipped BraTS model at work.
 
 Everything runs through the real bundle with ``python -m monai.bundle run`` on CPU, with the small preset
 ``configs/bundles/cpu_demo.json`` layered on the bundle's configs. Outputs go to ``runs/demo/``:
 ``models/`` (best ``model.pt`` and resumable ``resume/last.pt``), ``eval/`` (TensorBoard logs, metrics CSVs),
 ``pred_nifti/`` and ``pred_dicom/`` (label maps in the input space, a DICOM SEG), ``overlay.png``, and
 ``study/`` (a DICOM case as a PACS exports it: one flat folder, random file names, every modality on its own grid, a
-localizer, diffusion and ADC series) with its outputs in ``pred_study/``.
+localizer, diffusion and ADC series) with its outputs in ``pred_study/``; ``shipped/``: the shipped model's output on
+a real held-out BraTS case (when ``../shared/data`` is there) or on the synthetic study (which says nothing about
+accuracy: the phantoms are not brains).
 
     python scripts/demo.py [--epochs 40] [--cases 16] [--output runs/demo]
 """
@@ -30,6 +32,7 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
 from monai_iunet.bundle import run_bundle  # noqa: E402
+from monai_iunet.evaluation import score_case  # noqa: E402
 from monai_iunet.data.datalist import write_datalist  # noqa: E402
 from monai_iunet.data.dicom import write_pacs_study  # noqa: E402
 from monai_iunet.data.synthetic import write_dataset  # noqa: E402
@@ -37,6 +40,8 @@ from monai_iunet.data.synthetic import write_dataset  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
 PRESET = ROOT / "configs" / "bundles" / "cpu_demo.json"
+REAL_DATA = ROOT.parent / "shared" / "data"
+HELD_OUT = ROOT / "configs" / "splits" / "brats_real_holdout.json"
 
 
 def region_dice(eval_dir: Path) -> dict[str, float]:
@@ -93,6 +98,33 @@ def segment_study(case_dir: Path, study: Path, output: Path, ckpt: Path) -> None
     print("Study Dice on the T1ce grid: " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()))
 
 
+def shipped_model_at_work(study: Path, out: Path) -> None:
+    """The shipped weights (``models/model.pt``) on a real held-out BraTS case when the real data is here, scored
+    against its expert label; otherwise on the synthetic study, said plainly to be no evidence of accuracy."""
+    metadata = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    performance = metadata["performance"]
+    print(f"6/6 the shipped model ({BUNDLE / 'models' / 'model.pt'}): {performance['trained_on']}", flush=True)
+    print("    held-out Dice (" + performance["held_out"]["cases"] + "): " + ", ".join(
+        f"{r} {performance['held_out']['dice_mean'][r]:.3f}" for r in ("WT", "TC", "ET")), flush=True)
+    case = json.loads(HELD_OUT.read_text())["testing"][0]
+    case_dir = next(iter(REAL_DATA.glob(f"*/{case}")), None)
+    if case_dir is None:
+        command = [sys.executable, "-m", "monai_iunet.segment", str(study), "--output", str(out), "--case", "synthetic"]
+        print("\n$ " + " ".join(command[1:]), flush=True)
+        subprocess.run(command, check=True)
+        print("    The synthetic phantom shows the pipeline end to end (DICOM in, NIfTI and DICOM SEG out); it says "
+              "nothing about accuracy on real brains (../shared/data is not here).")
+        return
+    images = [str(next(case_dir.glob(f"*_{m}.nii.gz"))) for m in ("t1", "t1ce", "t2", "flair")]
+    datalist = out / "datalist.json"
+    out.mkdir(parents=True, exist_ok=True)
+    datalist.write_text(json.dumps({"testing": [{"case": case, "image": images}]}))
+    run_bundle(BUNDLE, ["configs/inference.json"], dataset_dir=out, data_list_file_path=datalist, output_dir=out)
+    scores = score_case(out / f"{case}_seg.nii.gz", next(case_dir.glob("*_seg.nii.gz")))
+    print(f"    real held-out case {case} (never trained on): " + ", ".join(
+        f"{r} Dice {scores[r]['dice']:.3f}" for r in ("WT", "TC", "ET")) + f" -> {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=str(ROOT / "runs" / "demo"))
@@ -103,7 +135,7 @@ def main() -> None:
     data = out / "data"
     start = time.time()
 
-    print(f"1/5 writing {args.cases} synthetic BraTS-like cases (64³, case 1 also as DICOM) to {data}", flush=True)
+    print(f"1/6 writing {args.cases} synthetic BraTS-like cases (64³, case 1 also as DICOM) to {data}", flush=True)
     write_dataset(data, cases=args.cases, dicom_cases=1, seed=0)
     datalist = write_datalist(data, data / "datalist.json")
     # One NIfTI case and one DICOM case for the inference step.
@@ -112,13 +144,13 @@ def main() -> None:
 
     common = dict(dataset_dir=data, ckpt_dir=out / "models", output_dir=out / "eval")
     train = ["configs/train.json", str(PRESET)]
-    print("2/5 training (CPU, memory-efficient IUNet)", flush=True)
+    print("2/6 training (CPU, memory-efficient IUNet)", flush=True)
     run_bundle(BUNDLE, train, epochs=args.epochs, **common)
-    print("3/5 evaluating the best checkpoint", flush=True)
+    print("3/6 evaluating the best checkpoint", flush=True)
     run_bundle(BUNDLE, ["configs/train.json", "configs/evaluate.json", str(PRESET)], **common)
     dice = region_dice(out / "eval")
 
-    print("4/5 inference on one NIfTI case and one DICOM case", flush=True)
+    print("4/6 inference on one NIfTI case and one DICOM case", flush=True)
     inference = ["configs/inference.json", str(PRESET)]
     for key, folder in (("testing", "pred_nifti"), ("testing_dicom", "pred_dicom")):
         run_bundle(BUNDLE, inference, dataset_dir=data, data_list_file_path=data / "demo_datalist.json",
@@ -132,16 +164,18 @@ def main() -> None:
 
     study_case = data / datalist["testing_dicom"][0]["image"][0]
     study_case = Path(str(study_case)).parents[1]  # <case>/dicom/t1 -> <case>
-    print(f"5/5 segmenting a PACS-like study made from {study_case.name} with python -m monai_iunet.segment", flush=True)
+    print(f"5/6 segmenting a PACS-like study made from {study_case.name} with python -m monai_iunet.segment", flush=True)
     segment_study(study_case, out / "study", out / "pred_study", out / "models" / "model.pt")
+    shipped_model_at_work(out / "study", out / "shipped")
 
     print(f"\nDone in {(time.time() - start) / 60:.1f} min.")
-    print("Validation Dice (best checkpoint): " + ", ".join(
+    print("Synthetic validation Dice of the demo model (best checkpoint, phantoms only): " + ", ".join(
         f"{region} {dice[f'val_{region.lower()}_dice']:.3f}" for region in ("TC", "WT", "ET")
     ) + f"; mean {dice['val_mean_dice']:.3f}")
     for path in sorted((out / "pred_nifti").glob("*_seg.*")) + sorted((out / "pred_dicom").glob("*_seg.*")):
         print(f"  prediction: {path}")
     print(f"  PACS-like study: {out / 'study'} -> {out / 'pred_study'}")
+    print(f"  shipped model:   {out / 'shipped'}")
     print(f"  overlay:    {png}\n  TensorBoard: tensorboard --logdir {out / 'eval'}")
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train the shipped BraTS model and its SegResNet baseline side by side on the real cases, one CPU thread each,
-# the same budget of training time (configs/bundles/brats_real_cpu.json). Resumable: RESUME=true continues both.
+# the same budget of training time (configs/bundles/brats_real_cpu.json). Resumable: RESUME=True continues both.
 # Usage: scripts/train_brats_real.sh [DATA_DIR=../shared/data] [RUN_DIR=runs/brats_real]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,7 +15,7 @@ for model in iunet segresnet; do
     mkdir -p "$runs/$model"
     (cd "$root/bundles/brats_iunet_segmentation" && OMP_NUM_THREADS=1 nohup "$py" -m monai.bundle run \
         --config_file "[$configs]" --dataset_dir "$data" --data_list_file_path "$runs/datalist.json" \
-        --ckpt_dir "$runs/$model/models" --output_dir "$runs/$model/eval" --resume "${RESUME:-false}" \
+        --ckpt_dir "$runs/$model/models" --output_dir "$runs/$model/eval" --resume "${RESUME:-False}" \
         >> "$runs/$model/train.log" 2>&1 &)
 done
 echo "training in the background; logs: $runs/{iunet,segresnet}/train.log"

@@ -1,0 +1,241 @@
+#!/usr/bin/env python
+"""Held-out evaluation, side-by-side measurements and figures of the BraTS models that
+``scripts/train_brats_real.sh`` trained (IUNet and the model zoo's SegResNet, same split, recipe and time budget).
+
+    python scripts/brats_real_report.py [--runs runs/brats_real] [--data ../shared/data] [--output docs/benchmarks]
+
+1. each model's final weights (``last.pt``'s ``model``; no checkpoint selection) → ``<runs>/<model>/final_model.pt``;
+2. the bundle's ``inference.json`` on the held-out cases (NIfTI on each input's own 1 mm grid), scored with
+   ``monai_iunet.evaluation`` (MONAI's Dice and HD95, BraTS conventions) → ``<runs>/<model>/heldout/scores.json``;
+3. the resolution ceiling of the 2 mm recipe: each held-out expert label taken to 2 mm and back, scored the same way;
+4. peak memory of a training step of both at the training crop and at the paper's 128³ (fresh processes), and
+   whole-case inference time and peak RSS of both (fresh processes, alternating, median);
+5. ``<output>/brats_real.json`` (every number) and the figures ``brats_real_curves.png``,
+   ``brats_real_per_case.png``, ``brats_real_overlay.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from monai_iunet.benchmarking import run_case, run_inference_case
+from monai_iunet.bundle import REGIONS, run_bundle
+from monai_iunet.evaluation import score_case, score_cases, summarise
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
+PRESET = ROOT / "configs" / "bundles" / "brats_real_cpu.json"
+MODELS = {"iunet": [], "segresnet": [ROOT / "configs" / "bundles" / "brats_segresnet.json"]}
+
+
+def final_weights(run: Path) -> Path:
+    """The network's state dict from the run's last resumable checkpoint (the final weights of the run)."""
+    state = torch.load(run / "models" / "resume" / "last.pt", map_location="cpu", weights_only=True)
+    path = run / "final_model.pt"
+    torch.save(state["model"], path)
+    return path
+
+
+def training_log(run: Path) -> dict:
+    """Scalars the run wrote to TensorBoard: per-epoch training time, loss and held-out (2 mm) validation Dice."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: dict[str, list] = {}
+    for file in sorted((run / "eval").glob("events.out.tfevents.*")):
+        events = EventAccumulator(str(file), size_guidance={"scalars": 0})
+        events.Reload()
+        for tag in events.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend((e.step, e.value) for e in events.Scalars(tag))
+    time_at = dict(scalars["training_time"])
+    losses = np.array([v for _, v in sorted(scalars["train_loss"])])
+    epoch_length = len(losses) // max(1, len(time_at))
+    return {
+        "epochs": len(time_at),
+        "training_time_s": max(time_at.values()),
+        "epoch_loss": [(time_at[e], float(losses[(e - 1) * epoch_length : e * epoch_length].mean()))
+                       for e in sorted(time_at) if e * epoch_length <= len(losses)],
+        "validation": {tag: [(time_at[e], v) for e, v in sorted(scalars[tag]) if e in time_at]
+                       for tag in ("val_mean_dice", "val_tc_dice", "val_wt_dice", "val_et_dice") if tag in scalars},
+    }
+
+
+def resolution_ceiling(datalist: list[dict], pixdim: float, work: Path) -> dict:
+    """Scores of the expert labels themselves after the recipe's round trip: region channels resampled to
+    ``pixdim`` mm (bilinear, as the images are) and back onto the input grid (bilinear, thresholded at 0.5, as the
+    predictions are)."""
+    from monai.data import MetaTensor
+    from monai.transforms import (ConvertToMultiChannelBasedOnBratsClasses, LoadImage, ResampleToMatch, SaveImage,
+                                  Spacing)
+
+    from monai_iunet.transforms import BratsLabelsFromRegionsd
+
+    work.mkdir(parents=True, exist_ok=True)
+    loader = LoadImage(image_only=True, ensure_channel_first=True)
+    per_case = {}
+    for item in datalist:
+        label = loader(item["label"])
+        regions = MetaTensor(ConvertToMultiChannelBasedOnBratsClasses()(label[0]).float(), meta=label.meta)
+        coarse = Spacing(pixdim=pixdim, mode="bilinear")(regions)
+        back = ResampleToMatch(mode="bilinear")(coarse, label)
+        path = work / f"{item['case']}_ceiling.nii.gz"
+        SaveImage(output_dir=str(work), output_postfix="", separate_folder=False, print_log=False,
+                  output_dtype=np.uint8)(BratsLabelsFromRegionsd("x")({"x": back})["x"], filename=str(path)[:-7])
+        per_case[item["case"]] = score_case(path, item["label"])
+    return {"cases": per_case, "summary": summarise(per_case)}
+
+
+def training_memory(network_def: dict, size: int) -> dict:
+    row = run_case({"network_def": network_def, "size": [size] * 3, "steps": 2}, timed=False)
+    return {"peak_mib": row.get("peak_bytes", float("nan")) / 2**20, "saved_mib": row.get("saved_bytes", 0) / 2**20,
+            "parameters": row.get("parameters"), **({"error": row["error"]} if "error" in row else {})}
+
+
+def plot_curves(logs: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, dice_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for (name, log), color in zip(logs.items(), ("tab:blue", "tab:orange")):
+        t, loss = zip(*log["epoch_loss"])
+        loss_ax.plot(np.array(t) / 60, loss, color=color, label=name)
+        for tag, style in (("val_wt_dice", "-"), ("val_tc_dice", "--"), ("val_et_dice", ":")):
+            t, dice = zip(*log["validation"][tag])
+            dice_ax.plot(np.array(t) / 60, dice, style, color=color, label=f"{name} {tag[4:6].upper()}")
+    loss_ax.set(xlabel="training time (min, 1 CPU thread each)", ylabel="Dice + BCE loss (epoch mean)",
+                title="training loss")
+    dice_ax.set(xlabel="training time (min, 1 CPU thread each)", ylabel="Dice (2 mm grid)", ylim=(0, 1),
+                title="held-out Dice during training (monitoring only)")
+    loss_ax.legend()
+    dice_ax.legend(ncol=2, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_per_case(scores: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+    for ax, region in zip(axes, REGIONS):
+        cases = sorted(scores["iunet"]["cases"])
+        x = [scores["segresnet"]["cases"][c][region]["dice"] for c in cases]
+        y = [scores["iunet"]["cases"][c][region]["dice"] for c in cases]
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
+        ax.scatter(x, y)
+        for c, xi, yi in zip(cases, x, y):
+            ax.annotate(c.replace("Brats18_", ""), (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="SegResNet Dice", ylabel="IUNet Dice", title=f"{region}, held-out cases")
+        ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_overlay(item: dict, predictions: dict[str, Path], scores: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import nibabel as nib
+
+    def axial(file):  # RAS, axial slice at the tumour's largest cross-section
+        return np.asarray(nib.as_closest_canonical(nib.load(file)).dataobj)
+
+    truth = axial(item["label"])
+    z = int(np.argmax((truth > 0).sum(axis=(0, 1))))
+    images = [axial(f)[:, :, z] for f in item["image"]]
+    labels = {"truth": truth[:, :, z], **{name: axial(p)[:, :, z] for name, p in predictions.items()}}
+    colours = np.zeros((5, 4))
+    colours[1], colours[2], colours[4] = (1, 0, 0, 0.6), (0, 0.8, 0, 0.45), (1, 1, 0, 0.7)
+    fig, axes = plt.subplots(1, 4 + len(labels), figsize=(2.6 * (4 + len(labels)), 3.2))
+    for ax, image, name in zip(axes, images, ("T1", "T1ce", "T2", "FLAIR")):
+        ax.imshow(np.rot90(image), cmap="gray")
+        ax.set_title(name)
+    for ax, (name, label) in zip(axes[4:], labels.items()):
+        ax.imshow(np.rot90(images[1]), cmap="gray")
+        ax.imshow(np.rot90(colours[label.astype(int)]))
+        title = name if name == "truth" else (
+            f"{name}\nWT {scores[name]['cases'][item['case']]['WT']['dice']:.2f} "
+            f"TC {scores[name]['cases'][item['case']]['TC']['dice']:.2f} "
+            f"ET {scores[name]['cases'][item['case']]['ET']['dice']:.2f}")
+        ax.set_title(title, fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(f"{item['case']} (held out), axial slice {z}: red necrotic core, green edema, yellow enhancing",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "brats_real")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks")
+    parser.add_argument("--inference-repeats", type=int, default=2)
+    args = parser.parse_args()
+    from monai.bundle import ConfigParser
+    from monai.data import load_decathlon_datalist
+
+    runs, data = args.runs.resolve(), args.data.resolve()
+    datalist_file = runs / "datalist.json"
+    held_out = load_decathlon_datalist(str(datalist_file), data_list_key="testing", base_dir=str(data))
+    results: dict = {"held_out_cases": [i["case"] for i in held_out], "models": {}}
+    scores, weights = {}, {}
+    for name, configs in MODELS.items():
+        run = runs / name
+        weights[name] = final_weights(run)
+        out = run / "heldout"
+        run_bundle(BUNDLE, [BUNDLE / "configs" / "inference.json", *configs], log=run / "heldout.log",
+                   dataset_dir=data, data_list_file_path=datalist_file, ckpt_path=weights[name], output_dir=out,
+                   write_dicom_seg=False, bundle_root=BUNDLE)
+        scores[name] = score_cases(held_out, json.loads((out / "inference_report.json").read_text()))
+        (out / "scores.json").write_text(json.dumps(scores[name], indent=2))
+        log = training_log(run)
+        parsed = ConfigParser.load_config_files([str(BUNDLE / "configs" / "train.json"), str(PRESET),
+                                                 *(str(c) for c in configs)])
+        results["models"][name] = {
+            "network_def": parsed["network_def"], "held_out": scores[name], "training": log,
+            "training_memory": {size: training_memory(parsed["network_def"], size)
+                                for size in (parsed["roi_size"][0], 128)},
+        }
+        print(name, json.dumps(scores[name]["summary"]), flush=True)
+    pixdim = ConfigParser.load_config_files(str(BUNDLE / "configs" / "inference.json"))["pixdim"][0]
+    results["resolution_ceiling"] = resolution_ceiling(held_out, pixdim, runs / "ceiling")
+    case_dir = Path(held_out[0]["label"]).parent
+    timings: dict[str, list] = {name: [] for name in MODELS}
+    for repeat in range(args.inference_repeats):
+        for name in MODELS if repeat % 2 == 0 else reversed(list(MODELS)):
+            timings[name].append(run_inference_case(BUNDLE, case_dir, runs / name / "timing", weights[name],
+                                                    MODELS[name]))
+    for name, rows in timings.items():
+        results["models"][name]["inference"] = {
+            "case": case_dir.name, "median_seconds": statistics.median(r["seconds"] for r in rows),
+            "seconds": [round(r["seconds"], 1) for r in rows], "peak_rss_mib": max(r["peak_rss_mib"] for r in rows),
+        }
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "brats_real.json").write_text(json.dumps(results, indent=1))
+    plot_curves({n: m["training"] for n, m in results["models"].items()}, args.output / "brats_real_curves.png")
+    plot_per_case(scores, args.output / "brats_real_per_case.png")
+    wt = {c: s["WT"]["dice"] for c, s in scores["iunet"]["cases"].items()}
+    median_case = sorted(wt, key=wt.get)[len(wt) // 2]
+    item = next(i for i in held_out if i["case"] == median_case)
+    plot_overlay(item, {n: runs / n / "heldout" / f"{median_case}_seg.nii.gz" for n in MODELS}, scores,
+                 args.output / "brats_real_overlay.png")
+    print(f"wrote {args.output / 'brats_real.json'} and figures; overlay case {median_case} (median IUNet WT Dice)")
+
+
+if __name__ == "__main__":
+    main()

@@ -13,6 +13,10 @@ for model in iunet segresnet; do
     configs="'configs/train.json','$root/configs/bundles/brats_real_cpu.json'"
     [ "$model" = segresnet ] && configs="$configs,'$root/configs/bundles/brats_segresnet.json'"
     mkdir -p "$runs/$model"
+    # what a model card names: the command, the commit (and whether the tree was clean), when it started
+    "$py" -c 'import json, sys, time; json.dump({"command": sys.argv[1], "commit": sys.argv[2], "dirty": sys.argv[3] != "", "started": time.time()}, open(sys.argv[4], "w"), indent=1)' \
+        "scripts/train_brats_real.sh (RESUME=${RESUME:-False}), configs [$configs]" "$(git -C "$root" rev-parse HEAD)" \
+        "$(git -C "$root" status --porcelain --untracked-files=no)" "$runs/$model/provenance${RESUME:+_resumed}.json"
     (cd "$root/bundles/brats_iunet_segmentation" && OMP_NUM_THREADS=1 nohup "$py" -m monai.bundle run \
         --config_file "[$configs]" --dataset_dir "$data" --data_list_file_path "$runs/datalist.json" \
         --ckpt_dir "$runs/$model/models" --output_dir "$runs/$model/eval" --resume "${RESUME:-False}" \

@@ -52,6 +52,10 @@ def test_sigkill_mid_epoch_then_resume(dataset, tmp_path):
     assert started == list(range(killed_in, EPOCHS + 1))  # at most one epoch (the interrupted one) repeated
     final = torch.load(out / "models" / "resume" / "last.pt", weights_only=True)
     assert final["trainer"]["iteration"] == EPOCHS * final["trainer"]["epoch_length"]
-    assert final["lr_scheduler"]["last_epoch"] == EPOCHS
+    # the poly schedule continued where it stopped: its clock carried over, its last rate is that of the last step
+    assert final["lr_scheduler"]["training_time"] > last["lr_scheduler"]["training_time"]
+    total = EPOCHS * final["trainer"]["epoch_length"]
+    base = final["lr_scheduler"]["base_lrs"][0]
+    assert final["optimizer"]["param_groups"][0]["lr"] == pytest.approx(base * (1 - (total - 1) / total) ** 0.9)
     assert not list((out / "models").glob(".*.tmp"))
     assert final["best_model"]["best_epoch"] >= 1  # the best metric survived the restart

@@ -83,7 +83,7 @@ class BatchSegmentation:
         self.sources_key = sources_key
         self.saver = SaveImage(
             output_dir=str(self.output_dir), output_postfix="seg", output_ext=".nii.gz", separate_folder=False,
-            resample=False, output_dtype="uint8", print_log=False,
+            resample=False, output_dtype="uint8", print_log=False, savepath_in_metadict=True,
         )
 
     def run(self) -> dict:
@@ -91,8 +91,15 @@ class BatchSegmentation:
         self.network.eval()
         cases = {}
         for item in tqdm(self.cases, desc="inference", unit="case"):
-            name = case_name(item)
+            name = given = case_name(item)
+            copy = 1
+            while name in cases:  # equal names must not overwrite each other's outputs and report entries
+                copy += 1
+                name = f"{given}_{copy}"
             cases[name] = entry = {"status": "failed", "inputs": {}, "outputs": {}}
+            if name != given:
+                entry["given_name"] = given
+                logger.warning("case name %s used before: this case's outputs are named %s", given, name)
             try:
                 self._segment(name, item, entry)
             except Exception as error:  # one bad case must not stop the others
@@ -132,10 +139,11 @@ class BatchSegmentation:
             data["pred"] = self.inferer(image, self.network)[0].float().cpu()
         data = self.postprocessing(data)
         label: MetaTensor = data["pred"]
-        label.meta["filename_or_obj"] = name
-        nifti = self.output_dir / f"{name}_seg.nii.gz"
+        # SaveImage strips what looks like an extension from the name it is given (a UID's last component, the
+        # ".J" of "Doe.J"): give it the name with the extension it writes, so that only that comes off.
+        label.meta["filename_or_obj"] = f"{name}.nii.gz"
         self.saver(label)
-        entry["outputs"]["nifti"] = {"status": "written", "path": str(nifti)}
+        entry["outputs"]["nifti"] = {"status": "written", "path": str(label.meta["saved_to"])}
         if not self.dicom_seg or reference_series is None:
             why = "disabled (write_dicom_seg: false)" if not self.dicom_seg else "the reference image is not DICOM"
             entry["outputs"]["dicom_seg"] = {"status": "skipped", "reason": why}

@@ -89,6 +89,21 @@ def test_known_sphere_lands_at_its_patient_position_in_nifti_and_seg(sphere_stud
     assert dciodvfy_errors(seg) in (None, [])
 
 
+def test_output_names_keep_dotted_and_unicode_case_names_and_never_collide(sphere_study, tmp_path):
+    """PACS exports name cases by UID: SaveImage would cut '.55' off as an extension. Equal names get a suffix."""
+    runner = bundle_runner(sphere_study, "unused", tmp_path)
+    names = ["1.2.840.113619.2.55", "Doe.J", "Müller-Lüdenscheidt", "Doe.J"]
+    runner.cases = [{"study": str(sphere_study), "case": n} for n in names]
+    report = runner.run()
+    assert list(report["cases"]) == ["1.2.840.113619.2.55", "Doe.J", "Müller-Lüdenscheidt", "Doe.J_2"]
+    assert report["cases"]["Doe.J_2"]["given_name"] == "Doe.J"
+    written = {p.name for p in tmp_path.iterdir()}
+    for name, case in report["cases"].items():
+        nifti, seg = Path(case["outputs"]["nifti"]["path"]), Path(case["outputs"]["dicom_seg"]["path"])
+        assert nifti.name == f"{name}_seg.nii.gz" and seg.name == f"{name}_seg.dcm"
+        assert nifti.name in written and seg.name in written  # the report lists what is on disk
+
+
 def test_a_failed_dicom_seg_does_not_hide_the_written_nifti(sphere_study, tmp_path, monkeypatch):
     import monai_iunet.data.dicom_seg as dicom_seg
 

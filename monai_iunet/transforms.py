@@ -74,8 +74,9 @@ class LoadModalitiesd(MapTransform):
     - a DICOM study folder, ``{"study": folder, "case": optional name, "series": optional pins}``, as a PACS or CD
       export leaves it: the series of each modality is chosen by ``series_rules`` (``data.series_selection``).
 
-    Modalities on different grids are resampled in patient coordinates onto the grid of the reference modality:
-    ``reference_modality`` for a study, the first modality for a list of files (as before). DICOM series of one
+    Modalities on different grids are resampled in patient coordinates onto the grid of ``reference_modality``, for
+    a study and for a list of files or series alike, so a case gets its outputs on the same series' grid whatever
+    form its datalist item takes (one multi-channel file has one grid already). DICOM series of one
     study must share a FrameOfReferenceUID, unless ``coregister`` registers them rigidly (elastix) to the reference.
     Every file is checked and loaded on its own, so errors name the case and the file or series: a missing
     modality, a file that does not exist, an empty DICOM folder, an unreadable or truncated file, a multi-volume
@@ -89,7 +90,7 @@ class LoadModalitiesd(MapTransform):
             file type. DICOM folders are always read through highdicom (``data.dicom_series``).
         atol: tolerance (mm) when comparing the modalities' affines (below it, no resampling).
         check_finite: raise when an image holds NaN or Inf voxels.
-        reference_modality: the modality whose grid a study's channels are resampled to.
+        reference_modality: the modality whose grid the channels are resampled to (the outputs' grid).
         series_rules: ``{modality: rule}`` overriding ``DEFAULT_SERIES_RULES`` for study folders.
         coregister: rigidly co-register every modality to the reference (for patients who moved between series).
         sources_key: if given, ``data[sources_key]`` says per modality where the channel came from (file or series,
@@ -267,7 +268,7 @@ class LoadModalitiesd(MapTransform):
                     )
                 loaded = {m: self._load_file(case, m, p) for m, p in zip(self.modalities, paths)}
                 images, sources = {m: v[0] for m, v in loaded.items()}, {m: v[1] for m, v in loaded.items()}
-                reference = self.modalities[0]
+                reference = self.reference_modality
             d[key] = self._onto_reference(case, images, sources, reference)
             if self.sources_key:
                 d[self.sources_key] = {

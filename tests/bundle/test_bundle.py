@@ -74,7 +74,8 @@ def test_inference_on_nifti_and_dicom(trained, dataset, tmp_path):
         assert set(np.unique(np.asarray(output.dataobj))) <= {0, 1, 2, 4}
 
     seg = hd.seg.segread(tmp_path / "testing_dicom" / "BraTS20_Training_001_seg.dcm")
-    source = pydicom.dcmread(sorted((dataset / "BraTS20_Training_001" / "dicom" / "t1").iterdir())[0])
+    # the reference_modality's series (T1ce), whatever the datalist form (here: one series folder per modality)
+    source = pydicom.dcmread(sorted((dataset / "BraTS20_Training_001" / "dicom" / "t1ce").iterdir())[0])
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
     assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Necrotic tumor core", "Peritumoral edema",

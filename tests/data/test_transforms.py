@@ -36,16 +36,16 @@ def test_load_modalities_stacks_and_checks(tmp_path):
     with pytest.raises(CaseError, match="c_two.nii.gz has 2 channels"):
         LoadModalitiesd("image")({"image": paths[:3] + [two_channels]})
     far = np.eye(4)
-    far[:3, 3] = 6.0  # same voxels, 6 mm away: overlaps the first modality's grid in only 2³ of 8³ voxels
+    far[:3, 3] = 6.0  # same voxels, 6 mm away: overlaps the reference (T1ce) grid in only 2³ of 8³ voxels
     shifted = _write(tmp_path / "c_shifted.nii.gz", volume, far)
-    with pytest.raises(CaseError, match=r"case case7: t1ce .*c_shifted.nii.gz covers only 2% of the reference grid"):
-        LoadModalitiesd("image")({"image": [paths[0], shifted] + paths[2:], "case": "case7"})
+    with pytest.raises(CaseError, match=r"case case7: t2 .*c_shifted.nii.gz covers only 2% of the reference grid"):
+        LoadModalitiesd("image")({"image": paths[:2] + [shifted, paths[3]], "case": "case7"})
     with pytest.raises(CaseError, match="case case7: expected 4 modalities"):
         LoadModalitiesd("image")({"image": paths[:2], "case": "case7"})
 
 
 def test_modalities_on_other_grids_are_resampled_in_world_coordinates(tmp_path):
-    """A coarser, shifted T2 lands on the first modality's grid: a linear ramp in world x survives resampling."""
+    """A coarser, shifted T2 lands on the reference (T1ce) grid: a linear ramp in world x survives resampling."""
     fine = np.diag([1.0, 1.0, 1.0, 1.0])
     ramp = np.broadcast_to(np.arange(16, dtype=np.float32)[:, None, None], (16, 16, 16))  # value = world x (mm)
     coarse = np.diag([2.0, 2.0, 2.0, 1.0])
@@ -60,8 +60,19 @@ def test_modalities_on_other_grids_are_resampled_in_world_coordinates(tmp_path):
     np.testing.assert_allclose(image.affine.numpy(), fine)
     # inside the coarse grid's extent (x from 1 to 15 mm) the ramp is exact under linear interpolation
     np.testing.assert_allclose(image[2, 1:16, 2:12, 2:12].numpy(), ramp[1:16, 2:12, 2:12], atol=1e-4)
-    assert sources["reference"] == "t1" and sources["modalities"]["t2"]["resampled"] is True
-    assert sources["modalities"]["t1ce"]["resampled"] is False
+    assert sources["reference"] == "t1ce" and sources["modalities"]["t2"]["resampled"] is True
+    assert sources["modalities"]["t1"]["resampled"] is False
+
+
+@pytest.mark.parametrize("reference", ["t1ce", "flair"])
+def test_a_list_of_files_lands_on_the_reference_modality_grid(tmp_path, reference):
+    """One rule for every form of input: the reference_modality's grid, not the first file's."""
+    grids = {m: np.diag([s, s, s, 1.0]) for m, s in zip(("t1", "t1ce", "t2", "flair"), (2.0, 1.0, 1.5, 1.25))}
+    paths = [_write(tmp_path / f"{m}.nii.gz", np.ones([int(16 / g[0, 0])] * 3, np.float32), g) for m, g in grids.items()]
+    data = LoadModalitiesd("image", reference_modality=reference, sources_key="sources")({"image": paths})
+    np.testing.assert_allclose(data["image"].affine.numpy(), grids[reference])
+    assert data["image"].shape[1:] == (int(16 / grids[reference][0, 0]),) * 3
+    assert data["sources"]["reference"] == reference
 
 
 def test_save_atomically_never_leaves_a_truncated_file(tmp_path, monkeypatch):

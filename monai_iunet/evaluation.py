@@ -43,6 +43,10 @@ def score_case(prediction: str | Path, label: str | Path, et_label: int = 4) -> 
     if pred_image.shape != true_image.shape or not np.allclose(pred_image.affine, true_image.affine, atol=1e-3):
         raise ValueError(f"prediction {prediction} {tuple(pred_image.shape[1:])} is not on the grid of the label "
                          f"{label} {tuple(true_image.shape[1:])}.")
+    from .transforms import check_brats_labels
+
+    for image, file in ((pred_image, prediction), (true_image, label)):
+        check_brats_labels(image, et_label, Path(str(label)).parent.name, str(file))
     spacing = [float(s) for s in np.linalg.norm(np.asarray(true_image.affine)[:3, :3], axis=0)]
     pred, true = _regions(pred_image.as_tensor(), et_label), _regions(true_image.as_tensor(), et_label)
     dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(pred, true)[0]

@@ -26,7 +26,8 @@ from .data.series_selection import SelectionError, select_series
 from .data.synthetic import MODALITIES as BRATS_MODALITIES
 from .registration import register_rigid
 
-__all__ = ["LoadModalitiesd", "BratsLabelsFromRegionsd", "Spacingd", "CaseError", "case_name"]
+__all__ = ["LoadModalitiesd", "BratsLabelsFromRegionsd", "CheckBratsLabelsd", "check_brats_labels", "Spacingd",
+           "CaseError", "case_name"]
 
 
 logger = logging.getLogger(__name__)
@@ -276,6 +277,42 @@ class LoadModalitiesd(MapTransform):
                     "reference_series": sources[reference].get("dicom_series"),
                     "modalities": sources,
                 }
+        return d
+
+
+def check_brats_labels(label, et_label: int, case: str, file: str) -> None:
+    """Raise ``CaseError`` unless the label map's values are BraTS labels: 0, 1 (necrotic core), 2 (edema) and
+    ``et_label`` (enhancing tumour: 4 for BraTS 2018-2022, 3 for 2023+). Without this check, 2023 data with
+    ``et_label`` 4 loses every ET voxel to the background of all three regions, silently."""
+    values = sorted(int(v) for v in torch.unique(torch.as_tensor(label)).tolist())
+    allowed = {0, 1, 2, et_label}
+    if set(values) <= allowed:
+        return
+    other = 3 if et_label == 4 else 4
+    fix = (f" They are BraTS labels with enhancing tumour = {other}: set et_label {other}"
+           f"{' (BraTS 2023+)' if other == 3 else ' (BraTS 2018-2022)'}." if set(values) <= {0, 1, 2, other}
+           else " It is not a BraTS label map (or not the right file).")
+    raise CaseError(f"case {case}: label {file} has values {values}; with et_label {et_label} a BraTS label map "
+                    f"holds only {sorted(allowed)}.{fix}")
+
+
+class CheckBratsLabelsd(MapTransform):
+    """:func:`check_brats_labels` on loaded label maps (put it right after loading, before the region channels).
+
+    Args:
+        keys: keys of the label maps.
+        et_label: label value of enhancing tumour (4 for BraTS 2018-2022, 3 for 2023+).
+    """
+
+    def __init__(self, keys: KeysCollection, et_label: int = 4, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.et_label = et_label
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            file = str(getattr(d[key], "meta", {}).get("filename_or_obj", key))
+            check_brats_labels(d[key], self.et_label, str(d.get("case") or Path(file).parent.name), file)
         return d
 
 

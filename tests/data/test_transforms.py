@@ -4,10 +4,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.transforms import ConvertToMultiChannelBasedOnBratsClassesd
+from monai.transforms import ConvertToMultiChannelBasedOnBratsClassesd, LoadImaged
 
 from monai_iunet.handlers import save_atomically
-from monai_iunet.transforms import BratsLabelsFromRegionsd, CaseError, LoadModalitiesd
+from monai_iunet.transforms import BratsLabelsFromRegionsd, CaseError, CheckBratsLabelsd, LoadModalitiesd
 
 
 @pytest.mark.parametrize("et_label", [4, 3])
@@ -114,3 +114,18 @@ def test_one_file_with_the_wrong_channel_count_is_named(tmp_path):
         LoadModalitiesd("image")({"image": three})
     with pytest.raises(CaseError, match="expected 4 modalities .* got 2"):
         LoadModalitiesd("image")({"image": [three, three]})
+
+
+def test_brats_2023_labels_with_the_2018_et_label_are_refused_with_the_fix(tmp_path):
+    label = np.zeros((8, 8, 8), np.uint8)
+    label[2:6, 2:6, 2:6], label[3:5, 3:5, 3:5], label[4, 4, 4] = 2, 1, 3  # BraTS 2023: enhancing tumour = 3
+    path = _write(tmp_path / "BraTS-GLI-00001-000-seg.nii.gz", label)
+    load = LoadImaged("label", image_only=True, ensure_channel_first=True)
+    item = load({"case": "BraTS-GLI-00001-000", "label": path})
+    with pytest.raises(CaseError, match=r"case BraTS-GLI-00001-000: label .*seg.nii.gz has values \[0, 1, 2, 3\].*"
+                                        r"set et_label 3 \(BraTS 2023\+\)"):
+        CheckBratsLabelsd("label", et_label=4)(item)
+    CheckBratsLabelsd("label", et_label=3)(item)  # the right convention passes
+    label[0, 0, 0] = 7
+    with pytest.raises(CaseError, match="not a BraTS label map"):
+        CheckBratsLabelsd("label", et_label=3)(load({"label": _write(tmp_path / "x_seg.nii.gz", label)}))

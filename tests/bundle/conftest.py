@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
@@ -29,6 +30,18 @@ def run_bundle(configs: list[str], cwd: Path = BUNDLE, launcher: list[str] | Non
     for key, value in overrides.items():
         command += [f"--{key}", str(value)]
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def verify_and_export(bundle: Path, weights: Path, torchscript: Path) -> torch.jit.ScriptModule:
+    """The model zoo's checks of a bundle with shipped weights: ``verify_net_in_out`` on ``network_def`` and
+    ``ckpt_export`` of the weights (no tracing); returns the exported TorchScript module."""
+    for args in (["verify_net_in_out", "network_def", "--n", "1", "--any", "1", "--device", "cpu"],
+                 ["ckpt_export", "network_def", "--filepath", str(torchscript), "--ckpt_file", str(weights)]):
+        out = subprocess.run([sys.executable, "-m", "monai.bundle", *args, "--meta_file", "configs/metadata.json",
+                              "--config_file", "configs/inference.json"], cwd=bundle, capture_output=True,
+                             text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+    return torch.jit.load(torchscript)
 
 
 def check(result) -> str:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -18,7 +16,7 @@ from monai.metrics import PSNRMetric, SSIMMetric
 from monai_iunet.bundle import load_weights
 from monai_iunet.data.ct import write_ct_dataset
 
-from .conftest import CT_BUNDLE, check, run_bundle
+from .conftest import CT_BUNDLE, check, run_bundle, verify_and_export
 
 SHIPPED = CT_BUNDLE / "models" / "model.pt"
 TINY_CT = {"roi_size": "[16,16,16]", "num_workers": 0, "cache_rate": 0}
@@ -71,13 +69,7 @@ def test_inference_writes_volumes_on_the_input_grid(ct_trained, ct_dataset, tmp_
 
 
 def test_verify_net_in_out_and_export_without_tracing(tmp_path):
-    for args in (["verify_net_in_out", "network_def", "--n", "1", "--any", "1", "--device", "cpu"],
-                 ["ckpt_export", "network_def", "--filepath", str(tmp_path / "m.ts"), "--ckpt_file", str(SHIPPED)]):
-        out = subprocess.run([sys.executable, "-m", "monai.bundle", *args, "--meta_file", "configs/metadata.json",
-                              "--config_file", "configs/inference.json"], cwd=CT_BUNDLE, capture_output=True,
-                             text=True, timeout=300)
-        assert out.returncode == 0, out.stderr[-2000:]
-    exported = torch.jit.load(tmp_path / "m.ts")
+    exported = verify_and_export(CT_BUNDLE, SHIPPED, tmp_path / "m.ts")
     x = torch.rand(1, 1, 16, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(exported(x), shipped_network()(x))

@@ -4,8 +4,6 @@ export to TorchScript equal to eager, and still segment a real held-out brain as
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
@@ -17,7 +15,7 @@ from monai_iunet.data.studies import stack_modalities
 from monai_iunet.data.synthetic import MODALITIES
 from monai_iunet.evaluation import score_case
 
-from .conftest import BUNDLE, ROOT, check, run_bundle, write_json
+from .conftest import BUNDLE, ROOT, check, run_bundle, verify_and_export, write_json
 from .test_monai_label import monai_label_infer
 
 SHIPPED = BUNDLE / "models" / "model.pt"
@@ -42,17 +40,12 @@ def test_shipped_weights_load_strictly_into_network_def():
 
 
 def test_verify_net_in_out_and_torchscript_export_of_the_shipped_weights(tmp_path):
-    for args in (["verify_net_in_out", "network_def", "--n", "1", "--any", "1", "--device", "cpu"],
-                 ["ckpt_export", "network_def", "--filepath", str(tmp_path / "m.ts"), "--ckpt_file", str(SHIPPED)]):
-        out = subprocess.run([sys.executable, "-m", "monai.bundle", *args, "--meta_file", "configs/metadata.json",
-                              "--config_file", "configs/inference.json"], cwd=BUNDLE, capture_output=True,
-                             text=True, timeout=600)
-        assert out.returncode == 0, out.stderr[-2000:]
+    exported = verify_and_export(BUNDLE, SHIPPED, tmp_path / "m.ts")
     network = _network()
     network.load_state_dict(torch.load(SHIPPED, map_location="cpu", weights_only=True))
     x = torch.randn(1, 4, 32, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(torch.jit.load(tmp_path / "m.ts")(x), network.eval()(x))
+        torch.testing.assert_close(exported(x), network.eval()(x))
 
 
 def test_model_card_numbers_are_the_held_out_cases():

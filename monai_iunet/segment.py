@@ -27,6 +27,7 @@ def segment_study(
     configs: list[str] | None = None,
     case: str | None = None,
     pins: dict[str, str] | None = None,
+    study_uid: str | None = None,
     **overrides,
 ) -> tuple[dict, BaseException | None]:
     """Run the bundle's inference on one study folder; returns the report and the runner's error (None if every
@@ -48,7 +49,8 @@ def segment_study(
         raise FileNotFoundError(
             f"no trained weights at {ckpt}: train the bundle (configs/train.json) or pass --ckpt path/to/model.pt."
         )
-    item = {"study": str(study), **({"case": case} if case else {}), **({"series": pins} if pins else {})}
+    item = {"study": str(study), **({"case": case} if case else {}), **({"series": pins} if pins else {}),
+            **({"study_uid": study_uid} if study_uid else {})}
     parser = ConfigParser()
     parser.read_config([str(bundle / "configs" / "inference.json")] + [str(c) for c in configs or []])
     parser.update({
@@ -93,13 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--case", help="case name for the outputs (default: the study folder's name)")
     parser.add_argument("--series", action="append", default=[], metavar="MODALITY=UID_OR_NUMBER",
                         help="pin a modality's series, e.g. --series t1ce=7")
+    parser.add_argument("--study", dest="study_uid", metavar="STUDY_INSTANCE_UID",
+                        help="the study to segment when the folder holds several studies or patients")
     parser.add_argument("--coregister", action="store_true", help="rigidly co-register the series (elastix)")
     args = parser.parse_args(argv)
     pins = dict(pin.split("=", 1) for pin in args.series)
     overrides = {"coregister": True} if args.coregister else {}
     try:
         report, error = segment_study(args.study, args.output, args.bundle, args.device, args.ckpt, args.config,
-                                      args.case, pins, **overrides)
+                                      args.case, pins, args.study_uid, **overrides)
     except FileNotFoundError as missing:
         print(f"error: {missing}", file=sys.stderr)
         return 2

@@ -18,6 +18,8 @@ from .data.dicom_series import (
     DicomSeries,
     SeriesError,
     describe_candidates,
+    describe_studies,
+    group_by_study,
     index_dicom_files,
     read_series_volume,
     volume_to_metatensor,
@@ -72,8 +74,13 @@ class LoadModalitiesd(MapTransform):
     - one file per modality, e.g. ``{"image": [t1, t1ce, t2, flair]}``, each a NIfTI file or a DICOM series folder;
     - one multi-channel image holding the modalities as channels in ``modalities`` order (a path, or a list of one
       path), e.g. a 4D NIfTI of shape X×Y×Z×4 — the form MONAI Label sends, one image per request;
-    - a DICOM study folder, ``{"study": folder, "case": optional name, "series": optional pins}``, as a PACS or CD
-      export leaves it: the series of each modality is chosen by ``series_rules`` (``data.series_selection``).
+    - a DICOM study folder, ``{"study": folder, "case": optional name, "series": optional pins, "study_uid":
+      optional StudyInstanceUID}``, as a PACS or CD export leaves it: the series of each modality is chosen by
+      ``series_rules`` (``data.series_selection``). A folder that holds more than one study or patient is an error
+      listing them, unless ``study_uid`` picks one.
+
+    A case is one study of one patient: DICOM series of different patients or studies are never joined (not even by
+    ``coregister``).
 
     Modalities on different grids are resampled in patient coordinates onto the grid of ``reference_modality``, for
     a study and for a list of files or series alike, so a case gets its outputs on the same series' grid whatever
@@ -183,10 +190,28 @@ class LoadModalitiesd(MapTransform):
         return image, {"reference": self.modalities[0], "reference_series": None,
                        "modalities": {m: dict(source, channel=i) for i, m in enumerate(self.modalities)}}
 
+    @staticmethod
+    def _one_study(case: str, folder: Path, series: list[DicomSeries], study_uid: str | None) -> list[DicomSeries]:
+        groups = group_by_study(series)
+        if study_uid:
+            chosen = {key: members for key, members in groups.items() if key[1] == str(study_uid)}
+            if not chosen:
+                raise CaseError(f"case {case}: study {folder} has no StudyInstanceUID {study_uid}; it holds:\n"
+                                f"{describe_studies(groups)}")
+            groups = chosen
+        if len(groups) > 1:
+            patients = len({patient for patient, _ in groups})
+            raise CaseError(
+                f"case {case}: study folder {folder} holds {len(groups)} studies of {patients} patient(s); a case is "
+                f"one study of one patient:\n{describe_studies(groups)}\nChoose one with \"study_uid\": "
+                "\"<StudyInstanceUID>\" in the datalist item (python -m monai_iunet.segment: --study UID)."
+            )
+        return next(iter(groups.values()))
+
     def _load_study(self, case: str, item: Mapping) -> tuple[dict[str, MetaTensor], dict[str, dict]]:
         folder = Path(str(item["study"]))
         try:
-            series = index_dicom_files(folder)
+            series = self._one_study(case, folder, index_dicom_files(folder), item.get("study_uid"))
             chosen = select_series(series, self.modalities, self.series_rules, item.get("series"))
         except (SeriesError, SelectionError) as error:
             raise CaseError(f"case {case}: study {folder}: {error}") from error
@@ -198,7 +223,12 @@ class LoadModalitiesd(MapTransform):
         """Every modality on the reference's grid: frames of reference checked, optionally co-registered, then
         resampled in patient coordinates where the grids differ."""
         target = images[reference]
-        frames = {m: s["dicom_series"].frame_of_reference for m, s in sources.items() if s.get("dicom_series")}
+        dicom = {m: s["dicom_series"] for m, s in sources.items() if s.get("dicom_series")}
+        studies = group_by_study(list(dicom.values()))
+        if len(studies) > 1:
+            raise CaseError(f"case {case}: its DICOM series come from {len(studies)} different studies or patients; "
+                            f"a case is one study of one patient:\n{describe_studies(studies)}")
+        frames = {m: s.frame_of_reference for m, s in dicom.items()}
         stacked = []
         for modality in self.modalities:
             image, source = images[modality], sources[modality]

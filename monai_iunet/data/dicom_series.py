@@ -23,6 +23,9 @@ from pydicom.errors import InvalidDicomError
 __all__ = [
     "DicomSeries",
     "describe_candidates",
+    "describe_studies",
+    "group_by_study",
+    "mask_patient_id",
     "SeriesError",
     "index_dicom_files",
     "read_series_volume",
@@ -60,6 +63,10 @@ class DicomSeries:
     contrast_agent: str = ""
     acquisition_type: str = ""  # MRAcquisitionType: 2D or 3D
     frame_of_reference: str = ""
+    patient_id: str = ""
+    study_uid: str = ""
+    study_date: str = ""
+    study_description: str = ""
     rows: int = 0
     columns: int = 0
     pixel_spacing: tuple[float, float] = (0.0, 0.0)
@@ -142,6 +149,10 @@ def _summarise(uid: str, entries: list[tuple[Path, pydicom.Dataset]], min_slices
         contrast_agent=str(first.get("ContrastBolusAgent", "") or ""),
         acquisition_type=str(first.get("MRAcquisitionType", "") or ""),
         frame_of_reference=str(first.get("FrameOfReferenceUID", "")),
+        patient_id=str(first.get("PatientID", "") or ""),
+        study_uid=str(first.get("StudyInstanceUID", "") or ""),
+        study_date=str(first.get("StudyDate", "") or ""),
+        study_description=str(first.get("StudyDescription", "") or ""),
         rows=int(first.get("Rows", 0) or 0),
         columns=int(first.get("Columns", 0) or 0),
         multiframe=int(first.get("NumberOfFrames", 1) or 1) > 1,
@@ -211,6 +222,29 @@ def index_dicom_files(folder: str | Path, min_slices: int = 8) -> list[DicomSeri
         logger.info("%s: skipped %d file(s) that are not DICOM image objects", folder, skipped)
     series = [_summarise(uid, entries, min_slices) for uid, entries in by_series.items()]
     return sorted(series, key=lambda s: (s.number if s.number is not None else 1 << 30, s.uid))
+
+
+def mask_patient_id(patient_id: str) -> str:
+    """A patient ID shortened for messages and logs: enough to tell two apart, not enough to identify anyone."""
+    return "(none)" if not patient_id else patient_id[:2] + "…" if len(patient_id) > 2 else patient_id[:1] + "…"
+
+
+def group_by_study(series: list[DicomSeries]) -> dict[tuple[str, str], list[DicomSeries]]:
+    """The series by (PatientID, StudyInstanceUID): a case is one study of one patient."""
+    groups: dict[tuple[str, str], list[DicomSeries]] = {}
+    for s in series:
+        groups.setdefault((s.patient_id, s.study_uid), []).append(s)
+    return groups
+
+
+def describe_studies(groups: dict[tuple[str, str], list[DicomSeries]]) -> str:
+    """One line per study for messages: StudyInstanceUID, masked patient ID, date, description, series."""
+    return "\n".join(
+        f"  StudyInstanceUID {study}: patient ID {mask_patient_id(patient)}, date {members[0].study_date or '?'}, "
+        f"'{members[0].study_description}', {len(members)} series ("
+        + ", ".join(f"#{m.number} '{m.description}'" for m in members[:6]) + ("…" if len(members) > 6 else "") + ")"
+        for (patient, study), members in groups.items()
+    )
 
 
 def read_series_volume(series: DicomSeries):

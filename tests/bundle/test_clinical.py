@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -164,6 +165,22 @@ def test_segment_command_on_a_pacs_study(trained, pacs_study, tmp_path):
     result = segment(no_flair, tmp_path / "out2")
     assert result.returncode == 1
     assert "no series for flair" in result.stdout and "'AX DWI B0 B1000'" in result.stdout
+
+
+def test_segment_command_with_two_studies_in_the_folder_and_study_to_choose(trained, pacs_study, tmp_path):
+    """A CD with a prior exam of another patient: refused, listing both; --study picks one and it is segmented."""
+    folder = tmp_path / "CD"
+    shutil.copytree(pacs_study, folder / "A")
+    case = make_case(np.random.default_rng(5), shape=(24, 24, 24), spacing=8.0)
+    uids = write_pacs_study(case.images, case.affine, folder / "B", "B", seed=3)
+    command = [sys.executable, "-m", "monai_iunet.segment", str(folder), "--ckpt", str(trained / "models" / "model.pt"),
+               "--config", str(tiny_network_config(tmp_path)), "--device", "cpu", "--case", "cd"]
+    result = subprocess.run(command + ["--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1 and "holds 2 studies of 2 patient(s)" in result.stdout + result.stderr
+    study_b = str(pydicom.dcmread(next((folder / "B").iterdir()), stop_before_pixels=True).StudyInstanceUID)
+    output = check(subprocess.run(command + ["--output", str(tmp_path / "out_b"), "--study", study_b],
+                                  capture_output=True, text=True, timeout=600))
+    assert "case cd: ok" in output and uids["t1ce"] in output
 
 
 def test_segment_command_without_weights_says_what_to_do(pacs_study, tmp_path):

@@ -16,7 +16,7 @@ import torch
 
 from monai_iunet.data.dicom import SeriesSpec, grid_affine, study_ids, write_pacs_study, write_series
 from monai_iunet.data.dicom_seg import write_dicom_seg
-from monai_iunet.data.dicom_series import index_dicom_files, read_series_volume, volume_to_metatensor
+from monai_iunet.data.dicom_series import index_dicom_files, mask_patient_id, read_series_volume, volume_to_metatensor
 from monai_iunet.data.series_selection import SelectionError, select_series
 from monai_iunet.data.synthetic import make_case
 from monai_iunet.transforms import CaseError, LoadModalitiesd
@@ -320,3 +320,35 @@ def test_enhanced_multiframe_with_several_volumes_is_refused_with_its_volume_cou
     assert series.excluded.startswith("multi-volume series: 192 images at 96 slice positions (2 volumes")
     with pytest.raises(CaseError, match=r"(?s)case dti: t1 DICOM folder .*dti holds 0 usable volume series.*2 volumes"):
         LoadModalitiesd("image")({"image": [str(tmp_path / "dti")] * 4, "case": "dti"})
+
+
+@needs_data
+def test_a_folder_with_two_patients_is_refused_listing_both_and_one_can_be_chosen(tmp_path):
+    """Real series of two different subjects (GE and Siemens exports) in one folder, as a CD with a second patient."""
+    folder = tmp_path / "EXPORT"
+    for name in ("ge_oblique", "siemens_2d_gaps"):
+        shutil.copytree(REAL[name], folder / name)
+    ge, sag = (index_dicom_files(REAL[n])[0] for n in ("ge_oblique", "siemens_2d_gaps"))
+    loader = LoadModalitiesd("image")
+    with pytest.raises(CaseError, match=r"holds 2 studies of 2 patient\(s\)") as error:
+        loader({"study": str(folder), "case": "cd"})
+    message = str(error.value)
+    for series in (ge, sag):
+        assert series.study_uid in message
+        assert series.patient_id not in message and mask_patient_id(series.patient_id) in message
+    assert '"study_uid"' in message and "--study" in message
+    # the chosen study's own series only: the selection then fails on the modalities it lacks, naming only GE's series
+    with pytest.raises(CaseError, match="no series for") as error:
+        loader({"study": str(folder), "case": "cd", "study_uid": ge.study_uid})
+    assert f"'{ge.description}'" in str(error.value) and f"'{sag.description}'" not in str(error.value)
+    with pytest.raises(CaseError, match="no StudyInstanceUID 1.2.3"):
+        loader({"study": str(folder), "case": "cd", "study_uid": "1.2.3"})
+
+
+@needs_data
+@pytest.mark.parametrize("coregister", [False, True])
+def test_series_folders_of_two_patients_are_never_joined(tmp_path, coregister):
+    """Four series folders given as one case, from two subjects: refused before any resampling or registration."""
+    folders = [REAL["ge_oblique"], REAL["ge_oblique"], REAL["siemens_2d_gaps"], REAL["ge_oblique"]]
+    with pytest.raises(CaseError, match="come from 2 different studies or patients"):
+        LoadModalitiesd("image", coregister=coregister)({"image": [str(f) for f in folders], "case": "mixed"})

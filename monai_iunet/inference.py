@@ -134,6 +134,8 @@ class BatchSegmentation:
         entry["inputs"] = {
             m: {k: v for k, v in s.items() if k != "dicom_series"} for m, s in sources.get("modalities", {}).items()
         }
+        if sources.get("unreadable"):  # series of the study not used because files of theirs cannot be read
+            entry["unreadable_files"] = sources["unreadable"]
         image = data["image"].unsqueeze(0).to(self.device)
         with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp):
             data["pred"] = self.inferer(image, self.network)[0].float().cpu()

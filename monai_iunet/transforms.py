@@ -217,7 +217,7 @@ class LoadModalitiesd(MapTransform):
             raise CaseError(f"case {case}: study {folder}: {error}") from error
         images = {m: self._load_series(case, m, c.series) for m, c in chosen.items()}
         sources = {m: {"study": str(folder), **c.report(), "dicom_series": c.series} for m, c in chosen.items()}
-        return images, sources
+        return images, sources, {s.label: list(s.unreadable) for s in series if s.unreadable}
 
     def _onto_reference(self, case: str, images: dict[str, MetaTensor], sources: dict[str, dict], reference: str):
         """Every modality on the reference's grid: frames of reference checked, optionally co-registered, then
@@ -279,7 +279,7 @@ class LoadModalitiesd(MapTransform):
         for key in self.keys:
             case = case_name(d, key)
             if key not in d and "study" in d:
-                images, sources = self._load_study(case, d)
+                images, sources, unreadable = self._load_study(case, d)
                 reference = self.reference_modality
             elif key not in d:
                 if self.allow_missing_keys:
@@ -298,6 +298,7 @@ class LoadModalitiesd(MapTransform):
                         f"(one file each, or one file with {len(self.modalities)} channels), got {len(paths)}: {paths}."
                     )
                 loaded = {m: self._load_file(case, m, p) for m, p in zip(self.modalities, paths)}
+                unreadable = {}
                 images, sources = {m: v[0] for m, v in loaded.items()}, {m: v[1] for m, v in loaded.items()}
                 reference = self.reference_modality
             d[key] = self._onto_reference(case, images, sources, reference)
@@ -306,6 +307,7 @@ class LoadModalitiesd(MapTransform):
                     "reference": reference,
                     "reference_series": sources[reference].get("dicom_series"),
                     "modalities": sources,
+                    **({"unreadable": unreadable} if unreadable else {}),
                 }
         return d
 

@@ -13,7 +13,7 @@ spacing; orientation jitter in the last decimals (GE) is tolerated up to ``ORIEN
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +76,7 @@ class DicomSeries:
     orientations: int = 0
     multiframe: bool = False
     excluded: str | None = None  # why this series is not a volume candidate
+    unreadable: list[str] = field(default_factory=list)  # "file: why" for files of this series that cannot be used
 
     @property
     def label(self) -> str:
@@ -103,6 +104,7 @@ class DicomSeries:
                 "spacing_mm": [round(float(s), 4) for s in (*self.pixel_spacing, self.slice_spacing)],
             },
             "files": len(self.files),
+            **({"unreadable_files": list(self.unreadable)} if self.unreadable else {}),
         }
 
 
@@ -134,8 +136,38 @@ def _orientation_groups(orientations: list[np.ndarray]) -> list[np.ndarray]:
     return groups
 
 
-def _summarise(uid: str, entries: list[tuple[Path, pydicom.Dataset]], min_slices: int) -> DicomSeries:
-    files = sorted(path for path, _ in entries)
+def _truncated(path: Path, ds: pydicom.Dataset) -> str | None:
+    """Why the file's (uncompressed) pixel data is cut short, if it is: its element ends beyond the end of the file."""
+    raw = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
+    tell = getattr(raw, "value_tell", None)
+    length = getattr(raw, "length", 0xFFFFFFFF)
+    if tell is None or length == 0xFFFFFFFF:  # read already, or encapsulated (compressed): checked when decoded
+        return None
+    size = path.stat().st_size
+    return f"truncated: pixel data needs {length} bytes from byte {tell}, the file ends at {size}" \
+        if tell + length > size else None
+
+
+def _missing_slices(along: np.ndarray, files: list[Path]) -> str | None:
+    """Where a series of single-frame files skips slice positions: a gap over 1.5 median spacings."""
+    if len(along) < 3:
+        return None
+    order = np.argsort(along)
+    steps = np.diff(along[order])
+    spacing = float(np.median(steps))
+    gaps = np.flatnonzero(steps > 1.5 * spacing)
+    if spacing <= POSITION_TOLERANCE or not len(gaps):
+        return None
+    where = "; ".join(
+        f"{along[order][i]:.2f} → {along[order][i + 1]:.2f} mm between {files[order[i]].name} and "
+        f"{files[order[i + 1]].name} (~{round(steps[i] / spacing) - 1} slice(s) missing)" for i in gaps[:5])
+    return f"slices missing (spacing {spacing:.2f} mm): {where}"
+
+
+def _summarise(uid: str, entries: list[tuple[Path, pydicom.Dataset]], min_slices: int,
+               unreadable: list[str]) -> DicomSeries:
+    entries = sorted(entries, key=lambda entry: entry[0])
+    files = [path for path, _ in entries]
     first = entries[0][1]
     series = DicomSeries(
         uid=uid,
@@ -156,7 +188,11 @@ def _summarise(uid: str, entries: list[tuple[Path, pydicom.Dataset]], min_slices
         rows=int(first.get("Rows", 0) or 0),
         columns=int(first.get("Columns", 0) or 0),
         multiframe=int(first.get("NumberOfFrames", 1) or 1) > 1,
+        unreadable=list(unreadable),
     )
+    if series.unreadable:
+        series.excluded = f"{len(series.unreadable)} unreadable file(s): " + "; ".join(series.unreadable[:5])
+        return series
     if series.modality in NON_IMAGE_MODALITIES or not all("PixelData" in ds or "FloatPixelData" in ds
                                                            for _, ds in entries):
         series.excluded = f"not an image series (Modality {series.modality or '?'})"
@@ -190,37 +226,53 @@ def _summarise(uid: str, entries: list[tuple[Path, pydicom.Dataset]], min_slices
         )
     elif series.positions < min_slices:
         series.excluded = f"only {series.positions} slice(s) (a volume needs at least {min_slices})"
+    elif not series.multiframe and (missing := _missing_slices(np.array([p @ normal for p in positions]), files)):
+        series.excluded = missing
     return series
 
 
 def index_dicom_files(folder: str | Path, min_slices: int = 8) -> list[DicomSeries]:
     """Every DICOM series under ``folder`` (recursively, any file names), grouped by SeriesInstanceUID, sorted by
     series number. Files that are not DICOM and DICOMDIR files are skipped; non-candidates carry ``excluded``.
+    Nothing is dropped quietly: a file of a series that cannot be used (truncated pixel data) is listed in the
+    series' ``unreadable`` and excludes it, as does a gap in its slice positions (naming the files around it).
 
     Raises:
-        SeriesError: the folder does not exist or holds no DICOM file.
+        SeriesError: the folder does not exist or holds no DICOM file, or a DICOM file in it cannot be read far
+            enough to tell its series (a truncated header): it might be a slice of any series.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise SeriesError(f"DICOM folder {folder} does not exist or is not a folder.")
     by_series: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
+    unreadable: dict[str, list[str]] = {}
     skipped = 0
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=False, defer_size="1 KB")
-        except (InvalidDicomError, OSError, EOFError, ValueError):
+        except InvalidDicomError:  # not a DICOM file (no preamble): a README, a viewer's files
             skipped += 1
             continue
+        except (OSError, EOFError, ValueError) as error:
+            raise SeriesError(f"DICOM file {path} cannot be read ({type(error).__name__}: {error}); it may belong "
+                              "to any series of the study: re-export it or remove it.") from error
         sop_class = str(getattr(ds.get("file_meta", pydicom.Dataset()), "MediaStorageSOPClassUID", ""))
-        if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds or "SeriesInstanceUID" not in ds:
+        if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
             skipped += 1
             continue
-        by_series.setdefault(str(ds.SeriesInstanceUID), []).append((path, ds))
+        if "SeriesInstanceUID" not in ds:
+            raise SeriesError(f"DICOM file {path} has no SeriesInstanceUID (a truncated header?); it may belong to "
+                              "any series of the study: re-export it or remove it.")
+        uid = str(ds.SeriesInstanceUID)
+        if truncated := _truncated(path, ds):
+            unreadable.setdefault(uid, []).append(f"{path.name}: {truncated}")
+            logger.warning("%s: %s", path, truncated)
+        by_series.setdefault(uid, []).append((path, ds))
     if not by_series:
         raise SeriesError(f"DICOM folder {folder} holds no DICOM files ({skipped} other file(s) skipped).")
     if skipped:
         logger.info("%s: skipped %d file(s) that are not DICOM image objects", folder, skipped)
-    series = [_summarise(uid, entries, min_slices) for uid, entries in by_series.items()]
+    series = [_summarise(uid, entries, min_slices, unreadable.get(uid, [])) for uid, entries in by_series.items()]
     return sorted(series, key=lambda s: (s.number if s.number is not None else 1 << 30, s.uid))
 
 

@@ -105,6 +105,21 @@ def test_output_names_keep_dotted_and_unicode_case_names_and_never_collide(spher
         assert nifti.name in written and seg.name in written  # the report lists what is on disk
 
 
+def test_unreadable_files_of_an_unused_series_are_listed_in_the_report(pacs_study, tmp_path):
+    """A truncated diffusion file: the case is segmented from the other series, and the report says what was not
+    readable, per series."""
+    study = tmp_path / "study"
+    shutil.copytree(pacs_study, study)
+    dwi = next(f for f in sorted(study.iterdir())
+               if pydicom.dcmread(f, stop_before_pixels=True).SeriesDescription == "AX DWI B0 B1000")
+    dwi.write_bytes(dwi.read_bytes()[:-200])
+    report = bundle_runner(study, "A", tmp_path / "out").run()
+    case = report["cases"]["A"]
+    assert case["status"] == "ok"
+    ((series, problems),) = case["unreadable_files"].items()
+    assert "AX DWI B0 B1000" in series and problems[0].startswith(f"{dwi.name}: truncated")
+
+
 def test_a_failed_dicom_seg_does_not_hide_the_written_nifti(sphere_study, tmp_path, monkeypatch):
     import monai_iunet.data.dicom_seg as dicom_seg
 

@@ -16,7 +16,13 @@ import torch
 
 from monai_iunet.data.dicom import SeriesSpec, grid_affine, study_ids, write_pacs_study, write_series
 from monai_iunet.data.dicom_seg import write_dicom_seg
-from monai_iunet.data.dicom_series import index_dicom_files, mask_patient_id, read_series_volume, volume_to_metatensor
+from monai_iunet.data.dicom_series import (
+    SeriesError,
+    index_dicom_files,
+    mask_patient_id,
+    read_series_volume,
+    volume_to_metatensor,
+)
 from monai_iunet.data.series_selection import SelectionError, select_series
 from monai_iunet.data.synthetic import make_case
 from monai_iunet.transforms import CaseError, LoadModalitiesd
@@ -352,3 +358,40 @@ def test_series_folders_of_two_patients_are_never_joined(tmp_path, coregister):
     folders = [REAL["ge_oblique"], REAL["ge_oblique"], REAL["siemens_2d_gaps"], REAL["ge_oblique"]]
     with pytest.raises(CaseError, match="come from 2 different studies or patients"):
         LoadModalitiesd("image", coregister=coregister)({"image": [str(f) for f in folders], "case": "mixed"})
+
+
+def _slice_order(series_files):
+    """The files of a single-frame series in slice order (along the slice normal)."""
+    def along(path):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        row, col = np.array(ds.ImageOrientationPatient[:3], float), np.array(ds.ImageOrientationPatient[3:], float)
+        return float(np.cross(row, col) @ np.array(ds.ImagePositionPatient, float))
+    return sorted(series_files, key=along)
+
+
+@needs_data
+def test_truncated_and_lost_slices_are_never_dropped_quietly(tmp_path):
+    """The real GE series with one file cut short, with one slice missing, and with a truncated header."""
+    files = _slice_order(sorted(REAL["ge_oblique"].iterdir()))
+    truncated = tmp_path / "truncated"
+    shutil.copytree(REAL["ge_oblique"], truncated)
+    victim = truncated / files[60].name
+    victim.write_bytes(victim.read_bytes()[:100_000])
+    (series,) = index_dicom_files(truncated)
+    assert series.excluded and files[60].name in series.excluded and "truncated" in series.excluded
+    assert series.summary()["unreadable_files"] == series.unreadable and len(series.unreadable) == 1
+    with pytest.raises(CaseError, match=rf"(?s)t1 DICOM folder .*{files[60].name}: truncated"):
+        LoadModalitiesd("image")({"image": [str(truncated)] + [str(REAL["ge_oblique"])] * 3, "case": "c"})
+
+    lost = tmp_path / "lost"
+    shutil.copytree(REAL["ge_oblique"], lost)
+    (lost / files[60].name).unlink()
+    (series,) = index_dicom_files(lost)
+    assert series.excluded.startswith("slices missing (spacing 1.20 mm)")
+    assert f"between {files[59].name} and {files[61].name} (~1 slice(s) missing)" in series.excluded
+
+    header = tmp_path / "header"
+    shutil.copytree(REAL["ge_oblique"], header)
+    (header / files[10].name).write_bytes((header / files[10].name).read_bytes()[:600])
+    with pytest.raises(SeriesError, match=rf"{files[10].name} has no SeriesInstanceUID"):
+        index_dicom_files(header)

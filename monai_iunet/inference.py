@@ -54,6 +54,11 @@ class BatchSegmentation:
         dicom_seg: write a DICOM SEG when the reference modality is a DICOM series.
         amp: run the network under autocast (bf16 on CPU, fp16 on CUDA).
         sources_key: the key under which preprocessing records the modalities' sources.
+        brain_extraction_key: the key under which preprocessing records its brain extraction
+            (``SkullStripd(record_key=...)``); the record goes into the report as ``brain_extraction``.
+        brain_mask_key: the key of the brain mask (``SkullStripd(mask_key=...)``), written as
+            ``<case>_brain_mask.nii.gz`` on the reference grid when ``write_brain_mask``.
+        write_brain_mask: write the brain mask next to the segmentation when brain extraction ran.
     """
 
     def __init__(
@@ -69,6 +74,9 @@ class BatchSegmentation:
         dicom_seg: bool = True,
         amp: bool = False,
         sources_key: str = "image_sources",
+        brain_extraction_key: str = "brain_extraction",
+        brain_mask_key: str = "brain_mask",
+        write_brain_mask: bool = False,
     ) -> None:
         self.cases = list(cases)
         self.network = network
@@ -81,10 +89,16 @@ class BatchSegmentation:
         self.dicom_seg = dicom_seg
         self.amp = amp
         self.sources_key = sources_key
-        self.saver = SaveImage(
-            output_dir=str(self.output_dir), output_postfix="seg", output_ext=".nii.gz", separate_folder=False,
-            resample=False, output_dtype="uint8", print_log=False, savepath_in_metadict=True,
-        )
+        self.brain_extraction_key = brain_extraction_key
+        self.brain_mask_key = brain_mask_key
+        self.write_brain_mask = write_brain_mask
+        self.savers = {
+            postfix: SaveImage(
+                output_dir=str(self.output_dir), output_postfix=postfix, output_ext=".nii.gz", separate_folder=False,
+                resample=False, output_dtype="uint8", print_log=False, savepath_in_metadict=True,
+            )
+            for postfix in ("seg", "brain_mask")
+        }
 
     def run(self) -> dict:
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -136,16 +150,21 @@ class BatchSegmentation:
         }
         if sources.get("unreadable"):  # series of the study not used because files of theirs cannot be read
             entry["unreadable_files"] = sources["unreadable"]
+        if self.brain_extraction_key in data:
+            entry["brain_extraction"] = data[self.brain_extraction_key]
         image = data["image"].unsqueeze(0).to(self.device)
         with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp):
             data["pred"] = self.inferer(image, self.network)[0].float().cpu()
         data = self.postprocessing(data)
         label: MetaTensor = data["pred"]
-        # SaveImage strips what looks like an extension from the name it is given (a UID's last component, the
-        # ".J" of "Doe.J"): give it the name with the extension it writes, so that only that comes off.
-        label.meta["filename_or_obj"] = f"{name}.nii.gz"
-        self.saver(label)
-        entry["outputs"]["nifti"] = {"status": "written", "path": str(label.meta["saved_to"])}
+        entry["outputs"]["nifti"] = {"status": "written", "path": self._save(label, name, "seg")}
+        if self.write_brain_mask:
+            mask = data.get(self.brain_mask_key)
+            entry["outputs"]["brain_mask"] = (
+                {"status": "written", "path": self._save(mask, name, "brain_mask")} if mask is not None else
+                {"status": "skipped", "reason": "no brain extraction ran: "
+                 + str((entry.get("brain_extraction") or {}).get("why", "SkullStripd is not in the preprocessing"))}
+            )
         if not self.dicom_seg or reference_series is None:
             why = "disabled (write_dicom_seg: false)" if not self.dicom_seg else "the reference image is not DICOM"
             entry["outputs"]["dicom_seg"] = {"status": "skipped", "reason": why}
@@ -161,3 +180,11 @@ class BatchSegmentation:
         except Exception as error:  # the NIfTI is written; report the SEG's failure on its own
             entry["outputs"]["dicom_seg"] = {"status": "failed", "error": describe_error(error),
                                              "source_series": reference_series.uid}
+
+    def _save(self, image: MetaTensor, name: str, postfix: str) -> str:
+        """Write ``<name>_<postfix>.nii.gz``; the path is the one the writer reports."""
+        # SaveImage strips what looks like an extension from the name it is given (a UID's last component, the
+        # ".J" of "Doe.J"): give it the name with the extension it writes, so that only that comes off.
+        image.meta["filename_or_obj"] = f"{name}.nii.gz"
+        self.savers[postfix](image)
+        return str(image.meta["saved_to"])

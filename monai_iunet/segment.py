@@ -4,9 +4,10 @@
 
 STUDY_DIR is a study as a PACS or CD export leaves it (any nesting and file names, DICOMDIR or not). The bundle's
 ``configs/inference.json`` picks a series per modality (T1, T1ce, T2, FLAIR) by its ``series_rules``, brings them
-onto the T1ce grid and writes ``OUT_DIR/<case>_seg.nii.gz``, ``OUT_DIR/<case>_seg.dcm`` (DICOM SEG of the T1ce
-series) and ``OUT_DIR/inference_report.json``. The command prints the outputs and which series were used, and exits
-non-zero when an output failed.
+onto the T1ce grid, skull-strips them unless they already are (deepbet on the T1ce; ``--skull-strip``) and writes
+``OUT_DIR/<case>_seg.nii.gz``, ``OUT_DIR/<case>_seg.dcm`` (DICOM SEG of the T1ce series) and
+``OUT_DIR/inference_report.json``. The command prints the outputs, which series were used and the brain
+extraction, and exits non-zero when an output failed.
 """
 
 from __future__ import annotations
@@ -78,6 +79,12 @@ def _print_report(report: dict) -> None:
         for kind, result in case.get("outputs", {}).items():
             detail = result.get("path") or result.get("error") or result.get("reason")
             print(f"  {kind}: {result['status']}: {detail}")
+        extraction = case.get("brain_extraction")
+        if extraction:
+            done = (f"{extraction['tool']} {extraction['version']} on {extraction['modality']}: "
+                    f"{extraction['brain_ml']} mL in {extraction['seconds']} s" if extraction["applied"]
+                    else f"not applied ({extraction['why']})")
+            print(f"  brain extraction: {done}")
         if case.get("error"):
             print(f"  error: {case['error']}")
 
@@ -98,9 +105,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study", dest="study_uid", metavar="STUDY_INSTANCE_UID",
                         help="the study to segment when the folder holds several studies or patients")
     parser.add_argument("--coregister", action="store_true", help="rigidly co-register the series (elastix)")
+    parser.add_argument("--skull-strip", choices=["auto", "true", "false"],
+                        help="brain extraction (deepbet) before segmenting; default from the bundle: auto (strip "
+                             "unless the images are already skull-stripped)")
+    parser.add_argument("--write-brain-mask", action="store_true",
+                        help="also write <case>_brain_mask.nii.gz when brain extraction ran")
     args = parser.parse_args(argv)
     pins = dict(pin.split("=", 1) for pin in args.series)
-    overrides = {"coregister": True} if args.coregister else {}
+    overrides = {
+        **({"coregister": True} if args.coregister else {}),
+        **({"skull_strip": args.skull_strip} if args.skull_strip else {}),
+        **({"write_brain_mask": True} if args.write_brain_mask else {}),
+    }
     try:
         report, error = segment_study(args.study, args.output, args.bundle, args.device, args.ckpt, args.config,
                                       args.case, pins, args.study_uid, **overrides)

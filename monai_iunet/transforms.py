@@ -14,6 +14,8 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform, ResampleToMatch
 from monai.transforms import Spacingd as _MonaiSpacingd
 
+from .apps.brats.labels import ET_LABEL, label_values, release_of
+from .apps.brats.labels import MODALITIES as BRATS_MODALITIES
 from .data.dicom_series import (
     DicomSeries,
     SeriesError,
@@ -25,7 +27,6 @@ from .data.dicom_series import (
     volume_to_metatensor,
 )
 from .data.series_selection import SelectionError, select_series
-from .data.synthetic import MODALITIES as BRATS_MODALITIES
 from .registration import register_rigid
 
 __all__ = ["LoadModalitiesd", "BratsLabelsFromRegionsd", "CheckBratsLabelsd", "check_brats_labels", "Spacingd",
@@ -313,17 +314,16 @@ class LoadModalitiesd(MapTransform):
 
 
 def check_brats_labels(label, et_label: int, case: str, file: str) -> None:
-    """Raise ``CaseError`` unless the label map's values are BraTS labels: 0, 1 (necrotic core), 2 (edema) and
-    ``et_label`` (enhancing tumour: 4 for BraTS 2018-2022, 3 for 2023+). Without this check, 2023 data with
-    ``et_label`` 4 loses every ET voxel to the background of all three regions, silently."""
+    """Raise ``CaseError`` unless the label map's values are BraTS labels (``apps.brats.labels.label_values``).
+    Without this check, 2023 data with ``et_label`` 4 loses every ET voxel to the background of all three regions,
+    silently."""
     values = sorted(int(v) for v in torch.unique(torch.as_tensor(label)).tolist())
-    allowed = {0, 1, 2, et_label}
+    allowed = set(label_values(et_label))
     if set(values) <= allowed:
         return
-    other = 3 if et_label == 4 else 4
-    fix = (f" They are BraTS labels with enhancing tumour = {other}: set et_label {other}"
-           f"{' (BraTS 2023+)' if other == 3 else ' (BraTS 2018-2022)'}." if set(values) <= {0, 1, 2, other}
-           else " It is not a BraTS label map (or not the right file).")
+    (other,) = set(ET_LABEL.values()) - {et_label}
+    fix = (f" They are BraTS labels with enhancing tumour = {other}: set et_label {other} ({release_of(other)})."
+           if set(values) <= set(label_values(other)) else " It is not a BraTS label map (or not the right file).")
     raise CaseError(f"case {case}: label {file} has values {values}; with et_label {et_label} a BraTS label map "
                     f"holds only {sorted(allowed)}.{fix}")
 
@@ -357,8 +357,7 @@ class BratsLabelsFromRegionsd(MapTransform):
 
     def __init__(self, keys: KeysCollection, et_label: int = 4, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        if et_label not in (3, 4):
-            raise ValueError(f"et_label must be 4 (BraTS 2018-2022) or 3 (BraTS 2023+), got {et_label}.")
+        release_of(et_label)  # checks the value
         self.et_label = et_label
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:

@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from monai_iunet.apps.brats.labels import REGIONS
 from monai_iunet.benchmarking import run_case, run_inference_case
-from monai_iunet.bundle import REGIONS, run_bundle
+from monai_iunet.bundle import run_bundle
 from monai_iunet.evaluation import score_case, score_cases, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,8 +74,13 @@ def resolution_ceiling(datalist: list[dict], pixdim: float, work: Path) -> dict:
     ``pixdim`` mm (bilinear, as the images are) and back onto the input grid (bilinear, thresholded at 0.5, as the
     predictions are)."""
     from monai.data import MetaTensor
-    from monai.transforms import (ConvertToMultiChannelBasedOnBratsClasses, LoadImage, ResampleToMatch, SaveImage,
-                                  Spacing)
+    from monai.transforms import (
+        ConvertToMultiChannelBasedOnBratsClasses,
+        LoadImage,
+        ResampleToMatch,
+        SaveImage,
+        Spacing,
+    )
 
     from monai_iunet.transforms import BratsLabelsFromRegionsd
 
@@ -271,7 +277,7 @@ def write_markdown(results: dict, path: Path) -> None:
               "One training run per network fitted the session, so the choices were made by measuring cost, not",
               "by training alternatives; what a choice costs in Dice is measured where it can be without training.",
               "",
-              f"- **Resolution 2 mm.** The expert labels themselves, taken to 2 mm and back the way predictions are,",
+              "- **Resolution 2 mm.** The expert labels themselves, taken to 2 mm and back the way predictions are,",
               f"  score WT {ceiling['WT']['dice_mean']:.3f}, TC {ceiling['TC']['dice_mean']:.3f}, "
               f"ET {ceiling['ET']['dice_mean']:.3f} (table above): the ceiling 2 mm puts on",
               f"  a perfect model ({min(REGIONS, key=lambda r: ceiling[r]['dice_mean'])} loses most). 1 mm has 8× the "

@@ -32,10 +32,10 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
 from monai_iunet.bundle import run_bundle  # noqa: E402
-from monai_iunet.evaluation import score_case  # noqa: E402
 from monai_iunet.data.datalist import write_datalist  # noqa: E402
 from monai_iunet.data.dicom import write_pacs_study  # noqa: E402
 from monai_iunet.data.synthetic import write_dataset  # noqa: E402
+from monai_iunet.evaluation import score_case  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
@@ -73,7 +73,9 @@ def overlay(flair: Path, truth: Path, prediction: Path, output: Path) -> None:
 def segment_study(case_dir: Path, study: Path, output: Path, ckpt: Path) -> None:
     """Write the case as a PACS export and segment it with the clinician's command; print the Dice of the result
     against the case's ground truth, resampled (nearest) onto the T1ce grid the output is on."""
-    from monai_iunet.data.dicom import resample_volume
+    from monai.transforms import LoadImage, ResampleToMatch, SaveImage
+
+    from monai_iunet.evaluation import score_case
 
     images = {m: nib.load(next(case_dir.glob(f"*_{m}.nii.gz"))) for m in ("t1", "t1ce", "t2", "flair")}
     affine = images["t1"].affine
@@ -83,19 +85,14 @@ def segment_study(case_dir: Path, study: Path, output: Path, ckpt: Path) -> None
                "--config", str(PRESET), "--case", case_dir.name]
     print("\n$ " + " ".join(command[1:]), flush=True)
     subprocess.run(command, check=True)
-    prediction = nib.load(output / f"{case_dir.name}_seg.nii.gz")
-    truth = nib.load(next(case_dir.glob("*_seg.nii.gz")))
-    onehot = np.stack([np.asarray(truth.dataobj) == v for v in (1, 2, 4)]).astype(np.float32)
-    truth_on_grid = np.stack([resample_volume(c, truth.affine, prediction.affine, prediction.shape) > 0.5
-                              for c in onehot])
-    label = np.asarray(prediction.dataobj)
-    regions = {"TC": (1, 4), "WT": (1, 2, 4), "ET": (4,)}
-    truth_label = truth_on_grid[0] * 1 + truth_on_grid[1] * 2 + truth_on_grid[2] * 4
-    dice = {}
-    for name, values in regions.items():
-        p, t = np.isin(label, values), np.isin(truth_label, values)
-        dice[name] = 2 * (p & t).sum() / max(p.sum() + t.sum(), 1)
-    print("Study Dice on the T1ce grid: " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()))
+    load = LoadImage(image_only=True, ensure_channel_first=True)
+    prediction = output / f"{case_dir.name}_seg.nii.gz"
+    truth = ResampleToMatch(mode="nearest")(load(str(next(case_dir.glob("*_seg.nii.gz")))), load(str(prediction)))
+    truth.meta["filename_or_obj"] = "truth.nii.gz"
+    SaveImage(output_dir=str(output), output_postfix="on_t1ce_grid", separate_folder=False, print_log=False,
+              output_dtype=np.uint8, resample=False)(truth)
+    scores = score_case(prediction, output / "truth_on_t1ce_grid.nii.gz")
+    print("Study Dice on the T1ce grid: " + ", ".join(f"{k} {v['dice']:.3f}" for k, v in scores.items()))
 
 
 def shipped_model_at_work(study: Path, out: Path) -> None:
@@ -109,7 +106,8 @@ def shipped_model_at_work(study: Path, out: Path) -> None:
     case = json.loads(HELD_OUT.read_text())["testing"][0]
     case_dir = next(iter(REAL_DATA.glob(f"*/{case}")), None)
     if case_dir is None:
-        command = [sys.executable, "-m", "monai_iunet.segment", str(study), "--output", str(out), "--case", "synthetic"]
+        command = [sys.executable, "-m", "monai_iunet.segment", str(study), "--output", str(out), "--case", "synthetic",
+                   "--skull-strip", "false"]  # a phantom: no anatomy for brain extraction
         print("\n$ " + " ".join(command[1:]), flush=True)
         subprocess.run(command, check=True)
         print("    The synthetic phantom shows the pipeline end to end (DICOM in, NIfTI and DICOM SEG out); it says "

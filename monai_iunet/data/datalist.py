@@ -4,7 +4,9 @@ Each item is ``{"image": [t1, t1ce, t2, flair], "label": seg}`` with paths relat
 channel order the bundle expects). Both the BraTS 2018-2022 names (``*_t1.nii.gz``, ``*_t1ce``, ``*_t2``,
 ``*_flair``, ``*_seg``) and the 2023 names (``*-t1n``, ``*-t1c``, ``*-t2w``, ``*-t2f``, ``*-seg``) are found.
 Cases without a segmentation go to ``testing``; a case folder with a ``dicom/`` sub-folder of 4 series is also
-listed under ``testing_dicom``.
+listed under ``testing_dicom``. The label convention detected from the file names is recorded as
+``"label_convention": {"naming": "2023", "et_label": 3}``, and the bundle's ``train.json`` takes its ``et_label``
+from there (``et_label_of``).
 
     python -m monai_iunet.data.datalist --dataset-dir data/brats_synthetic --output data/datalist.json
 
@@ -20,9 +22,9 @@ import json
 import random
 from pathlib import Path
 
-from .synthetic import MODALITIES, NAMING
+from ..apps.brats.labels import ET_LABEL, MODALITIES, NAMING
 
-__all__ = ["find_cases", "make_datalist", "split_datalist", "write_datalist"]
+__all__ = ["find_cases", "make_datalist", "split_datalist", "write_datalist", "label_convention", "et_label_of"]
 
 
 def _find(case_dir: Path, suffix: str) -> Path | None:
@@ -38,10 +40,11 @@ def find_cases(dataset_dir: str | Path) -> list[dict]:
         raise FileNotFoundError(f"dataset_dir {dataset_dir} does not exist or is not a folder.")
     cases = []
     for case_dir in sorted(p for p in dataset_dir.rglob("*") if p.is_dir()):
-        for names in NAMING.values():
+        for naming, names in NAMING.items():
             images = [_find(case_dir, names[m]) for m in MODALITIES]
             if all(images):
-                item = {"case": case_dir.name, "image": [str(p.relative_to(dataset_dir)) for p in images]}
+                item = {"case": case_dir.name, "naming": naming,
+                        "image": [str(p.relative_to(dataset_dir)) for p in images]}
                 label = _find(case_dir, names["seg"])
                 if label is not None:
                     item["label"] = str(label.relative_to(dataset_dir))
@@ -53,6 +56,32 @@ def find_cases(dataset_dir: str | Path) -> list[dict]:
     return cases
 
 
+def label_convention(cases: list[dict]) -> dict:
+    """The label convention of the labelled cases, detected from their file names (``find_cases``' ``naming``):
+    ``{"naming": "2023", "et_label": 3}``. Cases of both conventions in one datalist are an error: one ``et_label``
+    serves the whole run."""
+    namings = {}
+    for case in cases:
+        if "label" in case:
+            namings.setdefault(case["naming"], []).append(case["case"])
+    if len(namings) > 1:
+        listed = "; ".join(f"{len(names)} named as BraTS {n} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                           for n, names in sorted(namings.items()))
+        raise ValueError(f"the labelled cases mix the BraTS naming conventions, whose enhancing-tumour labels differ "
+                         f"(2020: 4, 2023: 3): {listed}. Make one datalist per convention.")
+    naming = next(iter(namings), "2020")
+    return {"naming": naming, "et_label": ET_LABEL[naming]}
+
+
+def et_label_of(data_list_file_path: str | Path, default: int = 4) -> int:
+    """The enhancing-tumour label a datalist recorded (``label_convention``), for ``train.json``/``evaluate.json``;
+    ``default`` for a datalist written by another tool (the label check on load still catches a mismatch)."""
+    path = Path(data_list_file_path)
+    if not path.is_file():  # the datalist loader reports the missing file
+        return default
+    return int(json.loads(path.read_text()).get("label_convention", {}).get("et_label", default))
+
+
 def make_datalist(dataset_dir: str | Path, val_fraction: float = 0.2, seed: int = 0) -> dict[str, list[dict]]:
     """Split the labelled cases into training/validation (seeded shuffle); unlabelled cases become ``testing``."""
     cases = find_cases(dataset_dir)
@@ -60,6 +89,7 @@ def make_datalist(dataset_dir: str | Path, val_fraction: float = 0.2, seed: int 
         raise FileNotFoundError(
             f"no BraTS cases (4 modalities per case folder, BraTS 2018-2023 file names) under {dataset_dir}."
         )
+    convention = label_convention(cases)
     labelled = [c for c in cases if "label" in c]
     random.Random(seed).shuffle(labelled)
     n_val = max(1, round(val_fraction * len(labelled))) if len(labelled) > 1 else 0
@@ -69,6 +99,7 @@ def make_datalist(dataset_dir: str | Path, val_fraction: float = 0.2, seed: int 
         "validation": [strip(c) for c in labelled[:n_val]],
         "testing": [{"image": c["image"]} for c in cases if "label" not in c] or [{"image": c["image"]} for c in labelled[:n_val]],
         "testing_dicom": [{"image": c["dicom"]} for c in cases if "dicom" in c],
+        "label_convention": convention,
     }
     return datalist
 
@@ -87,7 +118,8 @@ def split_datalist(dataset_dir: str | Path, split: str | Path) -> dict[str, list
         raise FileNotFoundError(f"cases of the split not found (with a label) under {dataset_dir}: {missing}.")
     item = lambda c: {"case": c, "image": found[c]["image"], "label": found[c]["label"]}  # noqa: E731
     held_out = [item(c) for c in wanted["testing"]]
-    return {"training": [item(c) for c in wanted["training"]], "validation": held_out, "testing": held_out}
+    return {"training": [item(c) for c in wanted["training"]], "validation": held_out, "testing": held_out,
+            "label_convention": label_convention([found[c] for part in wanted.values() for c in part])}
 
 
 def write_datalist(dataset_dir: str | Path, output: str | Path, val_fraction: float = 0.2, seed: int = 0,
@@ -107,7 +139,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", help="a committed split file (training/testing case names) instead of a seeded split")
     args = parser.parse_args(argv)
     datalist = write_datalist(args.dataset_dir, args.output, args.val_fraction, args.seed, args.split)
-    print(", ".join(f"{k}: {len(v)}" for k, v in datalist.items()), f"-> {args.output}")
+    convention = datalist["label_convention"]
+    print(", ".join(f"{k}: {len(v)}" for k, v in datalist.items() if isinstance(v, list)),
+          f"(BraTS {convention['naming']} names: et_label {convention['et_label']}) -> {args.output}")
 
 
 if __name__ == "__main__":

@@ -20,14 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["MODALITIES", "SyntheticCase", "make_case", "case_files", "write_dataset"]
+from ..apps.brats.labels import ET_LABEL, MODALITIES, NAMING
 
-MODALITIES = ("t1", "t1ce", "t2", "flair")
-# File suffixes of each modality in the BraTS 2018-2022 ("2020") and 2023 naming.
-NAMING = {
-    "2020": {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair", "seg": "seg"},
-    "2023": {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f", "seg": "seg"},
-}
+__all__ = ["MODALITIES", "SyntheticCase", "make_case", "case_files", "write_dataset"]
 
 # Mean intensity of each tissue per modality (T1, T1ce, T2, FLAIR), loosely after real contrasts.
 _TISSUES = {
@@ -130,7 +125,7 @@ def write_dataset(
     from .dicom import write_dicom_series  # pydicom only when asked for
 
     output = Path(output)
-    et_label = 4 if naming == "2020" else 3
+    et_label = ET_LABEL[naming]
     rng = np.random.default_rng(seed)
     folders = []
     for index in range(1, cases + 1):

@@ -21,6 +21,7 @@ TINY = {
     "roi_size": "[16,16,16]",
     "num_workers": 0,
     "amp": False,
+    "skull_strip": "false",  # the synthetic phantoms have a scalp but no anatomy deepbet would call a brain
 }
 TRAIN_TINY = {**TINY, "val_roi_size": "[32,32,32]", "epochs": 1, "val_interval": 1, "cache_rate": 0}
 

@@ -59,15 +59,19 @@ def sphere_study(tmp_path_factory) -> Path:
     return folder
 
 
-def bundle_runner(study: Path, case: str, output: Path) -> BatchSegmentation:
-    """The bundle's own preprocessing, inferer and postprocessing (inference.json) around ``BrightIsTumour``."""
+def bundle_runner(study: Path | None, case: str, output: Path, cases: list[dict] | None = None,
+                  **overrides) -> BatchSegmentation:
+    """The bundle's own preprocessing, inferer, postprocessing and runner (inference.json) around
+    ``BrightIsTumour``, on one study or on ``cases``; ``overrides`` set config ids (``skull_strip`` defaults to
+    false: the synthetic studies are no heads)."""
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(BUNDLE), "roi_size": [32, 32, 32], "device": "$torch.device('cpu')"})
-    return BatchSegmentation(
-        [{"study": str(study), "case": case}], BrightIsTumour(), parser.get_parsed_content("preprocessing"),
-        parser.get_parsed_content("inferer"), parser.get_parsed_content("postprocessing"), str(output),
-    )
+    parser.update({"bundle_root": str(BUNDLE), "roi_size": [32, 32, 32], "device": "$torch.device('cpu')",
+                   "skull_strip": False, "output_dir": str(output), "network": "$None", **overrides,
+                   "test_datalist": cases or [{"study": str(study), "case": case}]})
+    runner = parser.get_parsed_content("runner")
+    runner.network = BrightIsTumour()
+    return runner
 
 
 def test_known_sphere_lands_at_its_patient_position_in_nifti_and_seg(sphere_study, tmp_path):
@@ -90,11 +94,48 @@ def test_known_sphere_lands_at_its_patient_position_in_nifti_and_seg(sphere_stud
     assert dciodvfy_errors(seg) in (None, [])
 
 
+@needs_data
+def test_raw_heads_are_skull_stripped_and_the_mask_written_on_the_reference_grid(tmp_path):
+    """A real raw head (each of its series as all four modalities) with skull_strip auto: deepbet runs, the report
+    says what it did, the mask lands next to the outputs on the series' grid; the QA phantom in the same batch is
+    refused with the reason and does not stop the others."""
+    cases = [{"image": [str(REAL[name])] * 4, "case": name} for name in ("siemens_enhanced", "ge_oblique")]
+    runner = bundle_runner(None, "", tmp_path, cases, skull_strip="auto", write_brain_mask=True)
+    with pytest.raises(RuntimeError, match="1 of 2 case"):
+        runner.run()
+    report = json.loads((tmp_path / "inference_report.json").read_text())
+    head, phantom = report["cases"]["siemens_enhanced"], report["cases"]["ge_oblique"]
+    assert head["status"] == "ok" and phantom["status"] == "failed"
+    assert "brain extraction on t1ce gave a mask darker" in phantom["error"] and "skull_strip" in phantom["error"]
+    extraction = head["brain_extraction"]
+    assert extraction["applied"] and extraction["tool"] == "deepbet" and extraction["modality"] == "t1ce"
+    assert 1100 < extraction["brain_ml"] < 1900 and extraction["seconds"] > 0
+    (series,) = index_dicom_files(REAL["siemens_enhanced"])
+    grid = volume_to_metatensor(read_series_volume(series), "t1ce")
+    mask_file = Path(head["outputs"]["brain_mask"]["path"])
+    assert mask_file.name == "siemens_enhanced_brain_mask.nii.gz" and mask_file.parent == tmp_path
+    mask, label = nib.load(mask_file), nib.load(head["outputs"]["nifti"]["path"])
+    np.testing.assert_allclose(mask.affine, grid.affine.numpy(), atol=1e-3)
+    np.testing.assert_allclose(label.affine, grid.affine.numpy(), atol=1e-3)
+    inside = np.asarray(mask.dataobj) > 0
+    voxel_ml = abs(np.linalg.det(mask.affine[:3, :3])) / 1000
+    assert inside.sum() * voxel_ml == pytest.approx(extraction["brain_ml"], rel=1e-3)
+    assert not np.asarray(label.dataobj)[~inside].any()  # the network saw nothing outside the brain
+    assert dciodvfy_errors(Path(head["outputs"]["dicom_seg"]["path"])) in (None, [])
+
+
+def test_brain_mask_output_is_skipped_with_the_reason_when_nothing_was_stripped(sphere_study, tmp_path):
+    report = bundle_runner(sphere_study, "sphere", tmp_path, write_brain_mask=True).run()
+    case = report["cases"]["sphere"]
+    assert case["brain_extraction"]["applied"] is False
+    assert case["outputs"]["brain_mask"] == {"status": "skipped",
+                                             "reason": "no brain extraction ran: skull_strip: false"}
+
+
 def test_output_names_keep_dotted_and_unicode_case_names_and_never_collide(sphere_study, tmp_path):
     """PACS exports name cases by UID: SaveImage would cut '.55' off as an extension. Equal names get a suffix."""
-    runner = bundle_runner(sphere_study, "unused", tmp_path)
     names = ["1.2.840.113619.2.55", "Doe.J", "Müller-Lüdenscheidt", "Doe.J"]
-    runner.cases = [{"study": str(sphere_study), "case": n} for n in names]
+    runner = bundle_runner(sphere_study, "", tmp_path, [{"study": str(sphere_study), "case": n} for n in names])
     report = runner.run()
     assert list(report["cases"]) == ["1.2.840.113619.2.55", "Doe.J", "Müller-Lüdenscheidt", "Doe.J_2"]
     assert report["cases"]["Doe.J_2"]["given_name"] == "Doe.J"
@@ -145,7 +186,8 @@ def tiny_network_config(tmp_path: Path) -> Path:
     network = dict(parser.get("network_def"))
     network.update(channels=TINY["network_def#channels"], num_levels=TINY["network_def#num_levels"],
                    blocks_per_level=TINY["network_def#blocks_per_level"])
-    return write_json(tmp_path / "tiny.json", {"network_def": network, "roi_size": [32, 32, 32], "overlap": 0.0})
+    return write_json(tmp_path / "tiny.json", {"network_def": network, "roi_size": [32, 32, 32], "overlap": 0.0,
+                                               "skull_strip": TINY["skull_strip"]})
 
 
 @pytest.fixture(scope="module")

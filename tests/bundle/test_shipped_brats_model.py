@@ -11,8 +11,8 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from monai_iunet.apps.brats.labels import MODALITIES
 from monai_iunet.data.studies import stack_modalities
-from monai_iunet.data.synthetic import MODALITIES
 from monai_iunet.evaluation import score_case
 
 from .conftest import BUNDLE, ROOT, check, run_bundle, verify_and_export, write_json

@@ -21,6 +21,7 @@ def test_committed_split_covers_the_24_real_cases_once():
     held_out = {c["case"] for c in datalist["testing"]}
     assert len(train) == 18 and len(held_out) == 6 and not train & held_out
     assert datalist["validation"] == datalist["testing"]
+    assert datalist["label_convention"] == {"naming": "2020", "et_label": 4}  # BraTS 2018 file names
     for item in datalist["training"] + datalist["testing"]:
         assert len(item["image"]) == 4 and (DATA / item["label"]).is_file()
         assert [Path(p).name.rsplit("_", 1)[1] for p in item["image"]] == [

@@ -5,12 +5,17 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from monai.bundle import ConfigParser
 from monai.transforms import LoadImage
 
+from monai_iunet.apps.brats.labels import MODALITIES
 from monai_iunet.data.datalist import main as datalist_main
 from monai_iunet.data.datalist import make_datalist
 from monai_iunet.data.dicom_series import index_dicom_files, read_series_volume, volume_to_metatensor
-from monai_iunet.data.synthetic import MODALITIES, make_case, write_dataset
+from monai_iunet.data.synthetic import make_case, write_dataset
+from monai_iunet.inference import describe_error
+
+from ..bundle.conftest import BUNDLE
 
 
 def test_cases_are_deterministic_and_varied():
@@ -43,6 +48,37 @@ def test_2023_naming_and_datalist(tmp_path):
     assert len(datalist["training"]) == 2 and len(datalist["validation"]) == 1
     assert [p.rsplit("-", 1)[1] for p in datalist["training"][0]["image"]] == [
         "t1n.nii.gz", "t1c.nii.gz", "t2w.nii.gz", "t2f.nii.gz"]  # channel order T1, T1ce, T2, FLAIR
+    assert datalist["label_convention"] == {"naming": "2023", "et_label": 3}
+
+
+def test_training_takes_et_label_from_the_datalist_and_keeps_the_2023_enhancing_tumour(tmp_path):
+    """train.json's et_label comes from the datalist's detected convention: 2023 labels (ET = 3) reach the ET
+    channel; with the default 4 they would be refused by the label check."""
+    write_dataset(tmp_path, cases=2, shape=(24, 24, 24), naming="2023")
+    datalist_main(["--dataset-dir", str(tmp_path), "--output", str(tmp_path / "datalist.json")])
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(tmp_path), "device": "cpu"})
+    assert parser.get_parsed_content("et_label") == 3
+    item = parser.get_parsed_content("train_datalist")[0]
+    label = LoadImage(image_only=True)(item["label"])
+    preprocessing = parser.get_parsed_content("train#preprocessing")
+    sample = preprocessing(item)
+    sample = sample[0] if isinstance(sample, list) else sample
+    assert sample["label"].shape[0] == 3 and sample["label"][2].sum() > 0  # the ET channel is not empty
+    assert (label == 3).sum() > 0
+    parser.update({"et_label": 4})
+    with pytest.raises(RuntimeError) as failure:  # MONAI's Compose wraps the CaseError
+        parser.get_parsed_content("train#preprocessing", lazy=False)(item)
+    assert "CaseError" in describe_error(failure.value) and "set et_label 3" in describe_error(failure.value)
+
+
+def test_a_datalist_of_mixed_conventions_is_refused_naming_the_cases(tmp_path):
+    write_dataset(tmp_path / "old", cases=1, shape=(16, 16, 16))
+    write_dataset(tmp_path / "new", cases=1, shape=(16, 16, 16), naming="2023")
+    with pytest.raises(ValueError, match=r"mix the BraTS naming.*BraTS 2020 \(BraTS20_Training_001\).*"
+                                         r"BraTS 2023 \(BraTS-GLI-00001-000\)"):
+        make_datalist(tmp_path)
 
 
 def test_datalist_command_and_unlabelled_cases(tmp_path):

@@ -1,0 +1,1 @@
+"""BraTS brain-tumour segmentation."""

@@ -7,6 +7,7 @@ networks build their coupling sub-networks with MONAI's layer factories and are 
 
 from .engine import SavedTensorBytes, run_memory_efficient
 from .layers import (
+    ActNorm,
     AdditiveCoupling,
     AffineCoupling,
     InvertibleChannelMixing,
@@ -19,6 +20,7 @@ from .layers import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActNorm",
     "AdditiveCoupling",
     "AffineCoupling",
     "InvertibleChannelMixing",
@@ -35,6 +37,6 @@ try:
 except ImportError:
     pass
 else:
-    from .networks import InvertibleUNet, IUNet
+    from .networks import InvertibleUNet, IUNet, IUNetFlow
 
-    __all__ += ["IUNet", "InvertibleUNet"]
+    __all__ += ["IUNet", "InvertibleUNet", "IUNetFlow"]

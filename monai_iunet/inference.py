@@ -59,6 +59,7 @@ class BatchSegmentation:
         brain_mask_key: the key of the brain mask (``SkullStripd(mask_key=...)``), written as
             ``<case>_brain_mask.nii.gz`` on the reference grid when ``write_brain_mask``.
         write_brain_mask: write the brain mask next to the segmentation when brain extraction ran.
+        qc_key: the key under which preprocessing puts its scan QC (``ScanQCd``); it goes into the report as ``qc``.
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class BatchSegmentation:
         brain_extraction_key: str = "brain_extraction",
         brain_mask_key: str = "brain_mask",
         write_brain_mask: bool = False,
+        qc_key: str = "qc",
     ) -> None:
         self.cases = list(cases)
         self.network = network
@@ -92,6 +94,7 @@ class BatchSegmentation:
         self.brain_extraction_key = brain_extraction_key
         self.brain_mask_key = brain_mask_key
         self.write_brain_mask = write_brain_mask
+        self.qc_key = qc_key
         self.savers = {
             postfix: SaveImage(
                 output_dir=str(self.output_dir), output_postfix=postfix, output_ext=".nii.gz", separate_folder=False,
@@ -150,8 +153,9 @@ class BatchSegmentation:
         }
         if sources.get("unreadable"):  # series of the study not used because files of theirs cannot be read
             entry["unreadable_files"] = sources["unreadable"]
-        if self.brain_extraction_key in data:
-            entry["brain_extraction"] = data[self.brain_extraction_key]
+        for key, name in ((self.brain_extraction_key, "brain_extraction"), (self.qc_key, "qc")):
+            if key in data:
+                entry[name] = data[key]
         image = data["image"].unsqueeze(0).to(self.device)
         with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp):
             data["pred"] = self.inferer(image, self.network)[0].float().cpu()

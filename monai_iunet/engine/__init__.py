@@ -10,6 +10,7 @@ from .reversible import (
     run,
     run_memory_efficient,
     run_program,
+    walk_program,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "run",
     "run_memory_efficient",
     "run_program",
+    "walk_program",
 ]

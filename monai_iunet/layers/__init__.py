@@ -1,5 +1,6 @@
-"""Invertible building blocks (no MONAI imports): orthogonal resampling and mixing, couplings."""
+"""Invertible building blocks (no MONAI imports): orthogonal resampling and mixing, couplings, actnorm."""
 
+from .actnorm import ActNorm
 from .base import InvertibleIdentity, InvertibleModule, InvertibleSequential
 from .conv import SameConv, same_conv
 from .coupling import AdditiveCoupling, AffineCoupling
@@ -7,6 +8,7 @@ from .orthogonal import ORTHOGONAL_METHODS, OrthogonalMatrix, haar_matrix, ortho
 from .resampling import InvertibleChannelMixing, OrthogonalDownsampling, OrthogonalUpsampling
 
 __all__ = [
+    "ActNorm",
     "InvertibleIdentity",
     "InvertibleModule",
     "InvertibleSequential",

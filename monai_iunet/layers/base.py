@@ -85,26 +85,48 @@ class InvertibleModule(nn.Module):
     default inverts and then recomputes the forward locally; layers that can fuse both (additive coupling) override
     it. ``overwrite=True`` tells the layer that nobody else holds ``y`` and ``grad_y`` (the engine made them), so it
     may reuse their memory for the results.
+
+    For normalizing flows a layer also reports ``log|det ∂y/∂x|`` per sample (:meth:`forward_and_log_det`).
+    Layers with ``volume_preserving = True`` (orthogonal maps, additive couplings: |det| = 1 exactly) get zeros for
+    free; others (affine coupling, actnorm) implement it, and ``invert_and_backward`` then also backpropagates
+    ``grad_log_det``, the gradient w.r.t. the program's summed log-determinant.
     """
+
+    volume_preserving = False
 
     def inverse(self, y: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def forward_and_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(y, log|det ∂y/∂x|)``, the log-determinant of shape ``(batch,)`` in ``x``'s precision."""
+        if not self.volume_preserving:
+            raise NotImplementedError(
+                f"{type(self).__name__} has no log-determinant: it cannot be part of a normalizing flow."
+            )
+        return self.forward(x), x.new_zeros(x.shape[0])
+
     def invert_and_backward(
-        self, y: Tensor, grad_y: Tensor, overwrite: bool = False
+        self, y: Tensor, grad_y: Tensor, overwrite: bool = False, grad_log_det: Tensor | None = None
     ) -> tuple[Tensor, Tensor, dict[Tensor, Tensor]]:
         with torch.no_grad():
             x = self.inverse(y)
         x = x.detach().requires_grad_(True)
         params = trainable_parameters(self)
         with torch.enable_grad():
-            y_recomputed = self.forward(x)
-        grads = torch.autograd.grad(y_recomputed, [x, *params], grad_y, allow_unused=True)
-        return x.detach(), grads[0], dict(zip(params, grads[1:]))
+            if grad_log_det is None or self.volume_preserving:
+                outputs, grad_outputs = [self.forward(x)], [grad_y]
+            else:
+                y_recomputed, log_det = self.forward_and_log_det(x)
+                outputs, grad_outputs = [y_recomputed, log_det], [grad_y, grad_log_det.to(log_det.dtype)]
+        grads = torch.autograd.grad(outputs, [x, *params], grad_outputs, allow_unused=True)
+        grad_x = grads[0] if grads[0] is not None else torch.zeros_like(x)
+        return x.detach(), grad_x, dict(zip(params, grads[1:]))
 
 
 class InvertibleIdentity(InvertibleModule):
     """Placeholder for an optional invertible layer that is switched off (keeps the network's structure static)."""
+
+    volume_preserving = True
 
     def forward(self, x: Tensor) -> Tensor:
         return x
@@ -129,6 +151,14 @@ class InvertibleSequential(InvertibleModule):
         for layer in self.layers[::-1]:
             y = layer.inverse(y)
         return y
+
+    @torch.jit.unused
+    def forward_and_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        log_det = x.new_zeros(x.shape[0])
+        for layer in self.layers:
+            x, layer_log_det = layer.forward_and_log_det(x)
+            log_det = log_det + layer_log_det
+        return x, log_det
 
     def __len__(self) -> int:
         return len(self.layers)

@@ -41,6 +41,8 @@ class AdditiveCoupling(_Coupling):
         g: sub-network mapping ``C//2`` to ``C - C//2`` channels.
     """
 
+    volume_preserving = True  # a shear: |det| = 1
+
     def forward(self, x: Tensor) -> Tensor:
         x1, x2 = self._forward_halves(x)
         y1 = x1 + self.f(x2)
@@ -54,9 +56,9 @@ class AdditiveCoupling(_Coupling):
         return torch.cat([x1, x2], dim=1)
 
     def invert_and_backward(
-        self, y: Tensor, grad_y: Tensor, overwrite: bool = False
+        self, y: Tensor, grad_y: Tensor, overwrite: bool = False, grad_log_det: Tensor | None = None
     ) -> tuple[Tensor, Tensor, dict[Tensor, Tensor]]:
-        # RevNet-style fusion: the activations needed to backpropagate through g and f are exactly the ones
+        # (log-det 0: grad_log_det has nothing to flow into.) RevNet-style fusion: the activations needed to backpropagate through g and f are exactly the ones
         # computed while inverting, so each sub-network runs forward once (with grad) instead of twice. The halves
         # of x and of its gradient are written straight into their final tensors (with ``overwrite``, into y and
         # grad_y themselves: each half is overwritten only after its last use), so backward allocates no
@@ -111,12 +113,20 @@ class AffineCoupling(_Coupling):
         return torch.tanh(log_scale), shift
 
     def forward(self, x: Tensor) -> Tensor:
+        return self._forward(x)[0]
+
+    @torch.jit.unused
+    def forward_and_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        y, log_scale1, log_scale2 = self._forward(x)
+        return y, log_scale1.flatten(1).sum(1, dtype=x.dtype) + log_scale2.flatten(1).sum(1, dtype=x.dtype)
+
+    def _forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         x1, x2 = self._forward_halves(x)
-        log_scale, shift = self._scale_shift(self.f(x2))
-        y1 = x1 * torch.exp(log_scale) + shift
-        log_scale, shift = self._scale_shift(self.g(y1))
-        y2 = x2 * torch.exp(log_scale) + shift
-        return torch.cat([y1, y2], dim=1)
+        log_scale1, shift = self._scale_shift(self.f(x2))
+        y1 = x1 * torch.exp(log_scale1) + shift
+        log_scale2, shift = self._scale_shift(self.g(y1))
+        y2 = x2 * torch.exp(log_scale2) + shift
+        return torch.cat([y1, y2], dim=1), log_scale1, log_scale2
 
     def inverse(self, y: Tensor) -> Tensor:
         y1, y2 = self._inverse_halves(y)

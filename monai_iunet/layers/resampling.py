@@ -48,6 +48,8 @@ def _resampling_init(init: str | Tensor, strides: tuple[int, ...]) -> Tensor:
 class _OrthogonalConv(InvertibleModule):
     """``groups`` orthogonal m×m matrices (m = in-channels-per-group · σ) applied as a conv with stride = kernel."""
 
+    volume_preserving = True  # orthogonal: |det| = 1
+
     def __init__(
         self,
         spatial_dims: int,

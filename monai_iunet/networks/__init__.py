@@ -1,6 +1,7 @@
-"""Networks (MONAI at the edge): the invertible core and the MONAI-facing IUNet."""
+"""Networks (MONAI at the edge): the invertible core, the MONAI-facing IUNet and the IUNetFlow normalizing flow."""
 
 from .blocks import coupling_block, coupling_subnet
+from .flow import IUNetFlow
 from .invertible_unet import InvertibleUNet
 from .iunet import IUNet
 
@@ -9,4 +10,5 @@ __all__ = [
     "coupling_subnet",
     "InvertibleUNet",
     "IUNet",
+    "IUNetFlow",
 ]

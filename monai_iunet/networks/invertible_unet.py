@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..engine.reversible import Concat, Program, Split, invert_program, run
+from ..layers.actnorm import ActNorm
 from ..layers.base import (
     MEMORY_FORMATS,
     InvertibleIdentity,
@@ -186,6 +187,7 @@ class InvertibleUNet(InvertibleModule):
             stored last, where oneDNN (CPU) and cuDNN run the sub-networks' small-channel convolutions fastest
             (measured: ``docs/benchmarks/cpu.md``); ``"contiguous"`` keeps PyTorch's default channels-first layout.
             Inputs may come in either layout; the output comes in the input's layout.
+        actnorm: an :class:`~monai_iunet.layers.ActNorm` before every coupling layer (for flows; identity at init).
     """
 
     markers: List[List[Tuple[int, int]]]  # noqa: UP006 (TorchScript cannot infer it from empty lists)
@@ -213,6 +215,7 @@ class InvertibleUNet(InvertibleModule):
         mixing_init: str = "identity",
         memory_efficient: bool = True,
         memory_format: str = "channels_last",
+        actnorm: bool = False,
     ) -> None:
         super().__init__()
         if memory_format not in MEMORY_FORMATS:
@@ -230,10 +233,12 @@ class InvertibleUNet(InvertibleModule):
             zero_init=zero_init,
         )
 
+        def block(level: int) -> list[InvertibleModule]:
+            coupling_layer = coupling_block(spatial_dims, level_channels[level], coupling, **subnet)
+            return [ActNorm(spatial_dims, level_channels[level]), coupling_layer] if actnorm else [coupling_layer]
+
         def stage(level: int) -> InvertibleSequential:
-            return InvertibleSequential(
-                *(coupling_block(spatial_dims, level_channels[level], coupling, **subnet) for _ in range(blocks[level]))
-            )
+            return InvertibleSequential(*(layer for _ in range(blocks[level]) for layer in block(level)))
 
         def mixing(level: int, init) -> InvertibleModule:
             if not channel_mixing:
@@ -335,6 +340,17 @@ class InvertibleUNet(InvertibleModule):
         for markers, step in zip(self.markers, self.steps):
             program += [_MARKER_KINDS[kind](n) for kind, n in markers] + [step]
         return program + [_MARKER_KINDS[kind](n) for kind, n in self.markers[-1]]
+
+    @torch.jit.unused
+    def forward_and_log_det(self, x: Tensor) -> Tuple[Tensor, Tensor]:  # noqa: UP006
+        """``(y, log|det ∂y/∂x|)`` per sample through the memory-efficient engine (for flows: affine couplings and
+        actnorm contribute, the orthogonal layers have |det| = 1)."""
+        self._check_input(x)
+        channels_first = self.channels_last and not is_channels_last(x)
+        if self.channels_last:
+            x = to_channels_last(x)
+        y, log_det = run(self.program(), x, self.memory_efficient, log_det=True)
+        return (y.contiguous() if channels_first else y), log_det
 
     @torch.jit.unused
     def inverse(self, y: Tensor) -> Tensor:

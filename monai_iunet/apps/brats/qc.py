@@ -1,0 +1,156 @@
+"""Scan QC for the BraTS bundle: does an input look like the BraTS cases the model was trained on?
+
+An :class:`~monai_iunet.networks.IUNetFlow` trained on the real training cases gives each case its negative
+log-likelihood in **bits per dimension** (bits/dim) on a stated scale, and a case above a threshold calibrated on
+training cases (their cross-validated scores) is flagged. The segmentation still runs: QC warns, it does not refuse.
+
+The scale. The flow sees the bundle's own pre-processed image (RAS, ``pixdim``, each channel normalised to zero mean
+and unit variance over the non-zero voxels), averaged to :data:`QC_SPACING` mm and cropped or padded to
+:data:`QC_SHAPE` around the centre of the non-zero voxels. Those intensities are continuous, and the exactly-zero
+background of stripped images is a point mass a continuous density could make arbitrarily likely; so they are
+clipped to :data:`INTENSITY_RANGE` and quantised to :data:`LEVELS` levels (1/32 of the brain's intensity SD per
+level), and the flow models the uniformly dequantised levels, as flows of 8-bit images do. Bits/dim is then the
+discrete code length per voxel and channel: between 0 and log2(256) = 8, comparable between cases and runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+from torch import Tensor
+
+from ...networks.flow import IUNetFlow
+
+__all__ = ["QC_SPACING", "QC_SHAPE", "INTENSITY_RANGE", "LEVELS", "qc_volume", "quantise", "dequantise",
+           "bits_per_dim", "ScanQC", "ScanQCd", "robust_threshold"]
+
+logger = logging.getLogger(__name__)
+
+QC_SPACING = 4.0  # mm
+QC_SHAPE = (48, 48, 40)  # voxels at QC_SPACING: 192 × 192 × 160 mm, a whole brain with margin
+INTENSITY_RANGE = (-4.0, 4.0)  # normalised units (brain SDs)
+LEVELS = 256
+
+
+def qc_volume(image: Tensor, spacing: Sequence[float]) -> Tensor:
+    """The flow's view of a pre-processed case ``(C, *S)`` with voxel size ``spacing`` (mm): averaged to
+    :data:`QC_SPACING` mm, then cropped or zero-padded to :data:`QC_SHAPE` around the centre of its non-zero voxels."""
+    image = torch.as_tensor(image, dtype=torch.float32)
+    factors = [QC_SPACING / float(s) for s in spacing]
+    size = [max(1, round(n / f)) for n, f in zip(image.shape[1:], factors)]
+    small = F.interpolate(image[None], size=size, mode="area")[0]  # area = the mean over each 4 mm cell
+    nonzero = torch.nonzero(small.abs().sum(0) > 0)
+    centre = ((nonzero.min(0).values + nonzero.max(0).values + 1) // 2 if len(nonzero)
+              else torch.tensor([n // 2 for n in size]))
+    out = small.new_zeros((image.shape[0], *QC_SHAPE))
+    source, target = [], []
+    for c, n, m in zip(centre.tolist(), size, QC_SHAPE):
+        start = c - m // 2  # where the output box starts in the small image
+        lo, hi = max(start, 0), min(start + m, n)
+        source.append(slice(lo, hi))
+        target.append(slice(lo - start, hi - start))
+    out[(slice(None), *target)] = small[(slice(None), *source)]
+    return out
+
+
+def quantise(volume: Tensor) -> Tensor:
+    """Normalised intensities → integer levels ``0 … LEVELS-1`` over :data:`INTENSITY_RANGE`."""
+    low, high = INTENSITY_RANGE
+    levels = torch.floor((volume - low) / (high - low) * LEVELS)
+    return levels.clamp(0, LEVELS - 1)
+
+
+def dequantise(levels: Tensor, noise: bool) -> Tensor:
+    """Levels → the flow's continuous input (normalised units): uniform dequantisation when ``noise`` (training),
+    else the levels' mid-points (deterministic scores)."""
+    low, high = INTENSITY_RANGE
+    offset = torch.rand_like(levels) if noise else torch.full_like(levels, 0.5)
+    return low + (levels + offset) / LEVELS * (high - low)
+
+
+def bits_per_dim(flow: IUNetFlow, levels: Tensor, noise: bool = False) -> Tensor:
+    """Per sample, ``-log2 P(levels) / D`` with ``P`` the dequantised density times the levels' cell volume: the
+    flow's density of the normalised input, changed to the unit cube of levels (``D·log(step)``)."""
+    x = dequantise(levels, noise)
+    dims = levels[0].numel()
+    step = (INTENSITY_RANGE[1] - INTENSITY_RANGE[0]) / LEVELS  # one level in normalised units
+    log_p_levels = flow.log_prob(x) + dims * math.log(step)  # log-density per unit level, = log P(cell)
+    return -log_p_levels / (dims * math.log(2))
+
+
+def robust_threshold(scores: Sequence[float], z: float = 4.0) -> float:
+    """``median + z · 1.4826 · MAD``: a high robust z-score of in-distribution (cross-validated) scores."""
+    values = np.asarray(scores, float)
+    median = float(np.median(values))
+    return median + z * 1.4826 * float(np.median(np.abs(values - median)))
+
+
+class ScanQC:
+    """A trained QC flow with its threshold (from :meth:`load`), scoring pre-processed cases in bits/dim."""
+
+    def __init__(self, flow: IUNetFlow, threshold: float, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.flow = flow.to(self.device).eval()
+        self.threshold = float(threshold)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> ScanQC:
+        """A file written by ``scripts/train_flow_qc.py``: ``{"config": IUNetFlow kwargs, "state_dict", "threshold"}``."""
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        flow = IUNetFlow(**saved["config"])
+        flow.load_state_dict(saved["state_dict"])
+        return cls(flow, saved["threshold"], device)
+
+    @torch.no_grad()
+    def score(self, image: Tensor, spacing: Sequence[float]) -> float:
+        levels = quantise(qc_volume(image, spacing))[None].to(self.device)
+        return float(bits_per_dim(self.flow, levels)[0])
+
+
+class ScanQCd(MapTransform):
+    """Put ``data[qc_key] = {"score", "threshold", "flagged", "units"}`` for a pre-processed image (put it last in
+    the pre-processing, after the intensity normalisation); a flagged case is logged as a warning, not refused.
+
+    Args:
+        keys: the image key (channel-first MetaTensor; its affine gives the voxel size).
+        weights: the QC flow file (``models/qc_flow.pt`` of the bundle).
+        enabled: False skips QC (``qc`` is then ``{"enabled": False}``).
+        qc_key: where the result goes (``BatchSegmentation`` puts it into the report).
+        device: device the flow runs on.
+    """
+
+    def __init__(self, keys: KeysCollection, weights: str | Path, enabled: bool = True, qc_key: str = "qc",
+                 device: str | torch.device = "cpu", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.enabled = bool(enabled)
+        self.qc_key = qc_key
+        if self.enabled and not Path(weights).is_file():
+            raise FileNotFoundError(f"scan QC weights {weights} not found: ship them with the bundle or set "
+                                    f"scan_qc: false.")
+        self.qc = ScanQC.load(weights, device) if self.enabled else None
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if self.qc is None:
+                d[self.qc_key] = {"enabled": False}
+                continue
+            image = d[key]
+            spacing = np.linalg.norm(np.asarray(image.affine, float)[:3, :3], axis=0)
+            score = self.qc.score(image, spacing)
+            flagged = score > self.qc.threshold
+            d[self.qc_key] = {"score": round(score, 4), "threshold": round(self.qc.threshold, 4),
+                              "flagged": bool(flagged), "units": "bits/dim"}
+            if flagged:
+                logger.warning("scan QC: %s looks unlike the BraTS training cases (%.3f bits/dim > threshold %.3f): "
+                               "check the modalities, their order and the pre-processing; the segmentation is "
+                               "still written.", d.get("case", "this case"), score, self.qc.threshold)
+        return d

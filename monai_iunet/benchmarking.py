@@ -27,7 +27,9 @@ The networks (``NETWORKS``), all 4 input channels → 3 output channels in 3D:
 * ``unet`` / ``checkpoint-unet``: MONAI ``UNet`` / ``CheckpointUNet`` with channels ``width·2^i`` over ``levels``
   levels and ``num_res_units = blocks``;
 * ``segresnet``: MONAI ``SegResNet`` as configured by the model zoo's BraTS bundle (blocks_down [1, 2, 2, 4],
-  blocks_up [1, 1, 1], dropout 0.2) with ``init_filters = width``; ``levels`` and ``blocks`` do not apply.
+  blocks_up [1, 1, 1], dropout 0.2) with ``init_filters = width``; ``levels`` and ``blocks`` do not apply;
+* ``iunet-flow`` / ``iunet-flow-plain``: :class:`~monai_iunet.networks.IUNetFlow` (4 channels, squeezed to 32)
+  memory-efficient / plain, trained on its negative log-likelihood; ``width`` does not apply.
 """
 
 from __future__ import annotations
@@ -80,6 +82,16 @@ def _iunets_reference(width: int, levels: int, blocks: int) -> nn.Module:
     )
 
 
+def _flow(memory_efficient: bool) -> Callable[..., nn.Module]:
+    def build(width: int, levels: int, blocks: int) -> nn.Module:
+        from .networks import IUNetFlow
+
+        # the flow's width is set by its squeeze (4 channels -> 32 at half resolution); ``width`` does not apply
+        return IUNetFlow(3, IN_CHANNELS, num_levels=levels, blocks_per_level=blocks, memory_efficient=memory_efficient)
+
+    return build
+
+
 def _unet(checkpointed: bool) -> Callable[..., nn.Module]:
     def build(width: int, levels: int, blocks: int) -> nn.Module:
         from monai.networks.nets.unet import CheckpointUNet, UNet
@@ -108,6 +120,8 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "unet": _unet(False),
     "checkpoint-unet": _unet(True),
     "segresnet": _segresnet,
+    "iunet-flow": _flow(True),
+    "iunet-flow-plain": _flow(False),
 }
 FIXED_DEPTH = {"segresnet"}  # networks whose levels/blocks are fixed by their reference configuration
 
@@ -184,10 +198,18 @@ def measure(case: dict) -> dict:
         net(x)
     gc.collect()
 
+    def objective() -> torch.Tensor:
+        if case.get("network", "").startswith("iunet-flow"):  # a flow trains on its negative log-likelihood
+            from .networks.flow import standard_normal_log_prob
+
+            z, log_det = net(x)
+            return -(standard_normal_log_prob(z) + log_det).mean()
+        return nn.functional.mse_loss(net(x), target)
+
     def step() -> int:
         optimizer.zero_grad(set_to_none=True)
         with SavedTensorBytes() as saved:
-            loss = nn.functional.mse_loss(net(x), target)
+            loss = objective()
         loss.backward()
         optimizer.step()
         return saved.bytes

@@ -85,6 +85,11 @@ def _print_report(report: dict) -> None:
                     f"{extraction['brain_ml']} mL in {extraction['seconds']} s" if extraction["applied"]
                     else f"not applied ({extraction['why']})")
             print(f"  brain extraction: {done}")
+        qc = case.get("qc")
+        if qc and "score" in qc:
+            verdict = ("FLAGGED: unlike the BraTS training cases; check modalities, order and pre-processing"
+                       if qc["flagged"] else "looks like the training cases")
+            print(f"  scan QC: {qc['score']} {qc['units']} (threshold {qc['threshold']}): {verdict}")
         if case.get("error"):
             print(f"  error: {case['error']}")
 
@@ -110,12 +115,14 @@ def main(argv: list[str] | None = None) -> int:
                              "unless the images are already skull-stripped)")
     parser.add_argument("--write-brain-mask", action="store_true",
                         help="also write <case>_brain_mask.nii.gz when brain extraction ran")
+    parser.add_argument("--no-qc", action="store_true", help="skip the scan QC (the flow's typicality score)")
     args = parser.parse_args(argv)
     pins = dict(pin.split("=", 1) for pin in args.series)
     overrides = {
         **({"coregister": True} if args.coregister else {}),
         **({"skull_strip": args.skull_strip} if args.skull_strip else {}),
         **({"write_brain_mask": True} if args.write_brain_mask else {}),
+        **({"scan_qc": False} if args.no_qc else {}),
     }
     try:
         report, error = segment_study(args.study, args.output, args.bundle, args.device, args.ckpt, args.config,

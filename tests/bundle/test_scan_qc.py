@@ -1,0 +1,90 @@
+"""Scan QC (issue 20): the flow's view of a case, its units, the transform and the report entry."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from monai_iunet.apps.brats.qc import (
+    INTENSITY_RANGE,
+    LEVELS,
+    QC_SHAPE,
+    ScanQCd,
+    bits_per_dim,
+    dequantise,
+    qc_volume,
+    quantise,
+    robust_threshold,
+)
+from monai_iunet.networks import IUNetFlow
+from monai_iunet.networks.flow import standard_normal_log_prob
+
+from .test_clinical import bundle_runner, sphere_study  # noqa: F401 (fixture)
+
+TINY_FLOW = {"spatial_dims": 3, "in_channels": 4, "num_levels": 2, "blocks_per_level": 1}
+
+
+def save_flow(path, threshold: float, seed: int = 0):
+    torch.manual_seed(seed)
+    flow = IUNetFlow(**TINY_FLOW)
+    torch.save({"config": TINY_FLOW, "state_dict": flow.state_dict(), "threshold": threshold}, path)
+    return path
+
+
+def test_qc_volume_averages_to_4_mm_and_centres_the_brain():
+    image = torch.zeros(4, 120, 100, 90)
+    image[:, 30:70, 20:60, 10:50] = 3.0  # a 40³ box at 2 mm = 80 mm, off-centre
+    out = qc_volume(image, (2.0, 2.0, 2.0))
+    assert out.shape == (4, *QC_SHAPE)
+    inside = torch.nonzero(out[0])
+    assert torch.allclose(out[0][out[0] > 0], torch.tensor(3.0))  # a mean over 2×2×2 cells of a constant
+    assert len(inside) == 20**3
+    centre = (inside.min(0).values + inside.max(0).values + 1) / 2
+    assert torch.all((centre - torch.tensor(QC_SHAPE) / 2).abs() <= 1)
+    big = qc_volume(torch.ones(4, 200, 200, 200), (2.0, 2.0, 2.0))  # larger than the box: cropped, all inside
+    assert big.shape == (4, *QC_SHAPE) and bool((big == 1).all())
+
+
+def test_levels_round_trip_and_units():
+    levels = torch.randint(0, LEVELS, (2, 4, 8, 8, 8)).float()
+    assert torch.equal(quantise(dequantise(levels, noise=False)), levels)
+    assert torch.equal(quantise(dequantise(levels, noise=True)), levels)
+    assert quantise(torch.tensor([-100.0, 100.0])).tolist() == [0, LEVELS - 1]
+    flow = IUNetFlow(3, 4, num_levels=2, blocks_per_level=1).double()  # the identity at init: z = orthogonal(x)
+    x = dequantise(levels.double(), noise=False)
+    step = (INTENSITY_RANGE[1] - INTENSITY_RANGE[0]) / LEVELS
+    dims = levels[0].numel()
+    expected = -(standard_normal_log_prob(x) + dims * math.log(step)) / (dims * math.log(2))
+    torch.testing.assert_close(bits_per_dim(flow, levels.double()), expected)
+
+
+def test_robust_threshold():
+    assert robust_threshold([1.0, 2.0, 3.0, 4.0, 100.0]) == pytest.approx(3.0 + 4 * 1.4826 * 1.0)
+
+
+def test_scan_qc_transform_scores_flags_and_can_be_switched_off(tmp_path):
+    image = MetaTensor(torch.randn(4, 96, 96, 80), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
+    low, high = save_flow(tmp_path / "low.pt", -1.0), save_flow(tmp_path / "high.pt", 1e9)
+    flagged = ScanQCd("image", low)({"image": image, "case": "c"})["qc"]
+    passed = ScanQCd("image", high)({"image": image})["qc"]
+    assert flagged["flagged"] and not passed["flagged"] and flagged["units"] == "bits/dim"
+    assert flagged["score"] == passed["score"] and 0 < flagged["score"] < 20
+    assert ScanQCd("image", tmp_path / "none.pt", enabled=False)({"image": image})["qc"] == {"enabled": False}
+    with pytest.raises(FileNotFoundError, match="set scan_qc: false"):
+        ScanQCd("image", tmp_path / "none.pt")
+
+
+def test_qc_lands_in_the_inference_report_and_the_case_is_still_segmented(sphere_study, tmp_path):  # noqa: F811
+    weights = save_flow(tmp_path / "qc.pt", threshold=-1.0)  # everything is flagged
+    report = bundle_runner(sphere_study, "sphere", tmp_path / "out", scan_qc=True, qc_weights=str(weights)).run()
+    case = report["cases"]["sphere"]
+    assert case["status"] == "ok" and case["outputs"]["nifti"]["status"] == "written"
+    assert case["qc"]["flagged"] is True and case["qc"]["threshold"] == -1.0
+    saved = json.loads((tmp_path / "out" / "inference_report.json").read_text())
+    assert saved["cases"]["sphere"]["qc"] == case["qc"]
+    assert np.isfinite(case["qc"]["score"])

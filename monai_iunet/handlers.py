@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
+import uuid
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
@@ -20,6 +23,9 @@ __all__ = [
     "BestModelSaver",
     "UnvalidatedModelSaver",
     "save_atomically",
+    "unwrapped",
+    "RandomStates",
+    "GradScalerState",
     "is_main_process",
     "NonFiniteGuard",
     "InversionDriftMonitor",
@@ -54,25 +60,129 @@ def is_main_process() -> bool:
 
 
 def save_atomically(obj: dict, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, flush it to disk, then rename over ``path``: a crash
-    at any moment leaves either the old or the new checkpoint, never a truncated one."""
+    """``torch.save`` to a temporary file of its own in the same folder, flush it to disk, rename it over ``path`` and
+    flush the folder: a crash at any moment leaves either the old or the new checkpoint, never a truncated one, and
+    two writers never share a temporary file. The file gets the usual permissions (umask), like ``torch.save``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself reaches the disk
+    finally:
+        os.close(folder)
+
+
+def unwrapped(obj):
+    """The module inside ``DistributedDataParallel``/``DataParallel``, so that checkpoints hold plain keys (no
+    ``module.`` prefix) whether or not the run was distributed; anything else as it is."""
+    parallel = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
+    return obj.module if isinstance(obj, parallel) else obj
+
+
+def _randomizable_transforms(root) -> list:
+    """Every MONAI ``Randomizable`` reachable from ``root`` (a Compose and what its transforms hold), in a fixed
+    order, each once."""
+    from monai.transforms import Randomizable, Transform
+
+    found, seen, stack = [], set(), [root]
+    while stack:
+        obj = stack.pop()
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, Randomizable):
+            found.append(obj)
+        # a Compose's transforms, and transforms held by transforms (e.g. RandCropByPosNegLabeld's cropper)
+        children = [v for value in vars(obj).values() for v in (value if isinstance(value, (list, tuple)) else [value])
+                    if isinstance(v, Transform)]
+        stack.extend(reversed(children))
+    return found
+
+
+class RandomStates:
+    """The random-number state a training run continues from: PyTorch's (CPU and CUDA), NumPy's, Python's, and the
+    generators of the training data's random transforms, so that a resumed run draws the same shuffles and
+    augmentations as one that was never interrupted. ``state_dict`` holds only tensors and plain numbers
+    (``torch.load(weights_only=True)`` reads it)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _transforms(self) -> list:
+        loader = getattr(self.engine, "data_loader", None)
+        dataset = getattr(loader, "dataset", None)
+        return _randomizable_transforms(getattr(dataset, "transform", None))
+
+    def state_dict(self) -> dict:
+        def numpy_state(state) -> dict:
+            _, keys, pos, has_gauss, gauss = state
+            return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                    "gauss": float(gauss)}
+
+        version, internal, gauss = random.getstate()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": numpy_state(np.random.get_state()),
+            "python": {"version": version, "internal": list(internal), "gauss": gauss},
+            "transforms": [numpy_state(t.R.get_state()) for t in self._transforms()],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        def numpy_state(saved: dict) -> tuple:
+            return "MT19937", saved["keys"].numpy().astype(np.uint32), saved["pos"], saved["has_gauss"], saved["gauss"]
+
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        np.random.set_state(numpy_state(state["numpy"]))
+        random.setstate((state["python"]["version"], tuple(state["python"]["internal"]), state["python"]["gauss"]))
+        transforms = self._transforms()
+        if len(transforms) != len(state["transforms"]):
+            warnings.warn(f"the checkpoint holds the random state of {len(state['transforms'])} random transforms, "
+                          f"the training data now has {len(transforms)}: their augmentation streams start afresh.",
+                          stacklevel=2)
+            return
+        for transform, saved in zip(transforms, state["transforms"]):
+            transform.R.set_state(numpy_state(saved))
+
+
+class GradScalerState:
+    """The trainer's ``GradScaler`` (MONAI's ``SupervisedTrainer`` makes it when the run starts), as a checkpoint
+    entry: its scale and growth tracker, so that a resumed mixed-precision run does not start again at 2^16."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def state_dict(self) -> dict:
+        scaler = getattr(self.engine, "scaler", None)
+        return scaler.state_dict() if scaler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        scaler = getattr(self.engine, "scaler", None)
+        if state and scaler is not None and scaler.is_enabled():
+            scaler.load_state_dict(state)
 
 
 class ResumableCheckpoint:
     """Keep ``<ckpt_dir>/<filename>`` up to date with everything needed to resume training, and resume from it.
 
     Every ``interval`` epochs (or iterations with ``epoch_level=False``) the ``save_dict`` objects (network,
-    optimizer, LR scheduler, …) and the trainer's state (epoch, iteration) are written atomically. With
-    ``resume=True`` they are loaded when the trainer starts (MONAI's ``CheckpointLoader``, ``weights_only=True``),
-    and training continues up to the configured number of epochs.
+    optimizer, LR scheduler, …), the trainer's state (epoch, iteration), its ``GradScaler`` and the random states
+    (:class:`RandomStates`) are written atomically; a network wrapped in ``DistributedDataParallel`` is saved
+    unwrapped. With ``resume=True`` they are loaded when the trainer starts (MONAI's ``CheckpointLoader``,
+    ``weights_only=True``), and training continues up to the configured number of epochs, drawing the same shuffles
+    and augmentations an uninterrupted run would have drawn. Checkpoints written before the scaler and random
+    states were saved still resume (with a warning that those start afresh).
 
     Args:
         ckpt_dir: folder of the checkpoint.
@@ -107,13 +217,20 @@ class ResumableCheckpoint:
         self.save = save
 
     def attach(self, engine: Engine) -> None:
-        objects = {**self.save_dict, "trainer": engine}
+        objects = {**{k: unwrapped(v) for k, v in self.save_dict.items()}, "trainer": engine,
+                   "grad_scaler": GradScalerState(engine), "random_states": RandomStates(engine)}
         if self.resume:
             if not self.path.is_file():
                 raise FileNotFoundError(
                     f"resume=true but there is no checkpoint {self.path}; start without --resume or set ckpt_dir."
                 )
-            CheckpointLoader(str(self.path), objects, map_location=self.map_location).attach(engine)
+            saved = set(torch.load(self.path, map_location="cpu", weights_only=True))
+            missing = [k for k in ("grad_scaler", "random_states") if k not in saved]
+            if missing:
+                warnings.warn(f"{self.path} was written without {' and '.join(missing)}: resuming without them "
+                              "(the augmentation stream and the gradient scale start afresh).", stacklevel=2)
+            loadable = {k: v for k, v in objects.items() if k not in missing}
+            CheckpointLoader(str(self.path), loadable, map_location=self.map_location).attach(engine)
         if is_main_process() if self.save is None else self.save:
             # Registered when the run starts, i.e. after every other handler, so that a checkpoint holds the state
             # *after* this epoch's LR-scheduler step and validation.
@@ -302,7 +419,8 @@ class NonFiniteGuard:
 
     Gradient accumulation: with ``accumulation_steps > 1`` and ``action="skip"``, only the bad micro-batch is
     dropped; the gradient accumulated from the earlier micro-batches of the step is kept (restored from a copy taken
-    before the micro-batch's backward).
+    before the micro-batch's backward). Under a ``GradScaler``, a skipped step with no gradient left is handed to
+    the scaler as non-finite gradients, its own way of skipping a step (it then lowers its scale too).
 
     Args:
         action: ``"raise"`` or ``"skip"``.
@@ -362,8 +480,23 @@ class NonFiniteGuard:
         kept = self._accumulated or [None] * len(params)
         for p, grad in zip(params, kept):
             p.grad = grad
+        if self._scaler(engine) is not None and _steps_now(engine) and all(p.grad is None for p in params):
+            # GradScaler.step refuses an optimizer without gradients ("No inf checks were recorded"); non-finite
+            # gradients are its own signal to skip the step (it also lowers its scale)
+            for p in params:
+                p.grad = torch.full_like(p, float("nan"))
         self.skipped += 1
         logger.warning("skipping %s: %s", "this micro-batch" if self._accumulated else "the optimizer step", message)
+
+
+def _steps_now(engine: Engine) -> bool:
+    """Whether the trainer's optimizer steps after this iteration (MONAI ``SupervisedTrainer``'s accumulation rule)."""
+    acc = getattr(engine, "accumulation_steps", 1)
+    if acc <= 1:
+        return True
+    epoch_length = engine.state.epoch_length
+    local = (engine.state.iteration - 1) % epoch_length if epoch_length is not None else engine.state.iteration - 1
+    return (local + 1) % acc == 0 or (epoch_length is not None and local + 1 == epoch_length)
 
 
 class InversionDriftMonitor:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,26 @@ settings.register_profile("dev", max_examples=25, deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+_SKIPPED_CHECKS: list[str] = []
+
+
+def tool_available(tool: str, package: str, check: str) -> bool:
+    """Whether an external tool a check needs is installed. Without it the check cannot run: under CI (``CI`` set)
+    that is a failure, elsewhere the check is listed as skipped at the end of the run (never counted as passed)."""
+    if shutil.which(tool) is not None:
+        return True
+    if os.environ.get("CI"):
+        pytest.fail(f"{tool} is not installed, so {check} cannot run; CI needs it: apt-get install {package}.")
+    _SKIPPED_CHECKS.append(f"{check}: {tool} not installed (apt-get install {package})")
+    return False
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _SKIPPED_CHECKS:
+        terminalreporter.section("checks that could not run", sep="!")
+        for line in sorted(set(_SKIPPED_CHECKS)):
+            terminalreporter.write_line(line)
 
 
 def perturb(module: torch.nn.Module, scale: float = 0.1, seed: int = 0) -> torch.nn.Module:

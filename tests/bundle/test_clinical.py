@@ -21,7 +21,7 @@ from monai_iunet.data.dicom_series import index_dicom_files, read_series_volume,
 from monai_iunet.data.synthetic import make_case
 from monai_iunet.inference import BatchSegmentation
 
-from ..data.test_dicom_clinical import REAL, centroid_ras, dciodvfy_errors, needs_data, seg_centroid_ras, sphere
+from ..data.test_dicom_clinical import REAL, assert_dicom_valid, centroid_ras, needs_data, seg_centroid_ras, sphere
 from .conftest import BUNDLE, TINY, check, run_bundle, write_json
 
 CENTRE = np.array([12.0, -18.0, 25.0])  # RAS, mm
@@ -91,7 +91,7 @@ def test_known_sphere_lands_at_its_patient_position_in_nifti_and_seg(sphere_stud
     assert (expected == (label > 0)).mean() > 0.98
     seg = tmp_path / "sphere_seg.dcm"
     assert np.all(np.abs(seg_centroid_ras(seg) - CENTRE) < voxel)
-    assert dciodvfy_errors(seg) in (None, [])
+    assert_dicom_valid(seg)
 
 
 @needs_data
@@ -121,7 +121,7 @@ def test_raw_heads_are_skull_stripped_and_the_mask_written_on_the_reference_grid
     voxel_ml = abs(np.linalg.det(mask.affine[:3, :3])) / 1000
     assert inside.sum() * voxel_ml == pytest.approx(extraction["brain_ml"], rel=1e-3)
     assert not np.asarray(label.dataobj)[~inside].any()  # the network saw nothing outside the brain
-    assert dciodvfy_errors(Path(head["outputs"]["dicom_seg"]["path"])) in (None, [])
+    assert_dicom_valid(Path(head["outputs"]["dicom_seg"]["path"]))
 
 
 def test_brain_mask_output_is_skipped_with_the_reason_when_nothing_was_stripped(sphere_study, tmp_path):
@@ -212,7 +212,7 @@ def test_segment_command_on_a_pacs_study(trained, pacs_study, tmp_path):
     report = json.loads((tmp_path / "out" / "inference_report.json").read_text())
     assert report["summary"] == {"ok": ["A"], "partial": [], "failed": []}
     assert report["cases"]["A"]["inputs"]["t2"]["resampled"] is True
-    assert dciodvfy_errors(tmp_path / "out" / "A_seg.dcm") in (None, [])
+    assert_dicom_valid(tmp_path / "out" / "A_seg.dcm")
     # a study without a FLAIR: the command fails, saying which series it saw
     no_flair = tmp_path / "no_flair"
     no_flair.mkdir()
@@ -262,4 +262,4 @@ def test_real_series_through_inference_json(trained, name, tmp_path):
     nifti = nib.load(tmp_path / "out" / f"{name}_seg.nii.gz")
     assert nifti.shape == tuple(grid.shape[1:])
     np.testing.assert_allclose(nifti.affine, grid.affine.numpy(), atol=1e-3)
-    assert dciodvfy_errors(tmp_path / "out" / f"{name}_seg.dcm") in (None, [])
+    assert_dicom_valid(tmp_path / "out" / f"{name}_seg.dcm")

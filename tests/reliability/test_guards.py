@@ -247,3 +247,23 @@ def test_skip_keeps_the_gradient_accumulated_before_the_bad_micro_batch():
     assert guard.skipped == 1
     for p, e in zip(net.parameters(), expected.parameters()):
         torch.testing.assert_close(p.detach(), e.detach())
+
+
+@pytest.mark.filterwarnings("ignore:User provided device_type of 'cuda'")
+def test_skip_under_a_grad_scaler_skips_the_step_instead_of_crashing_it():
+    """``non_finite: skip`` with AMP: dropping the gradients used to leave GradScaler.step without inf checks
+    ("No inf checks were recorded for this optimizer"). A NaN batch is skipped, the good one trains."""
+    guard = NonFiniteGuard(action="skip")
+    trainer, net = _scaled_trainer([_vector_batch("nan_case", float("nan")), _vector_batch("good")], guard, 1e30,
+                                   1024.0)  # gradients of ~1e30 against the helper's learning rate of 1e-35
+    before = [p.detach().clone() for p in net.parameters()]
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=1), lambda engine: after_first.extend(
+        p.detach().clone() for p in net.parameters()))
+    after_first: list[torch.Tensor] = []
+    trainer.run()
+    assert guard.skipped == 1
+    for b, p in zip(before, after_first):
+        torch.testing.assert_close(p, b)  # the NaN step left the weights alone
+    assert trainer.scaler.get_scale() == 512.0  # the scaler skipped it (and backed off)
+    assert any(not torch.equal(b, p) for b, p in zip(before, net.parameters()))  # the good step was taken
+    assert all(torch.isfinite(p).all() for p in net.parameters())

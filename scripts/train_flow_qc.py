@@ -160,8 +160,12 @@ def train(run: str) -> None:
                        out / "state.tmp")
             os.replace(out / "state.tmp", state_file)
     torch.save({"config": RECIPE["flow"], "state_dict": flow.state_dict(), "cases": cases,
-                "training_s": round(elapsed, 1)}, out / "flow.pt")
+                "training_s": round(elapsed, 1), "commit": _commit()}, out / "flow.pt")
     print(f"{run}: {step} steps, {elapsed:.0f} s -> {out / 'flow.pt'}")
+
+
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
 def load_flow(path: Path) -> IUNetFlow:
@@ -189,11 +193,13 @@ def ship() -> None:
     oof = out_of_fold_scores()
     threshold = robust_threshold(list(oof.values()))
     final = torch.load(WORK / "all" / "flow.pt", weights_only=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    # the commit the runs trained at (recorded by train(); TRAINING_COMMIT for runs made before it was)
+    commit = final.get("commit") or os.environ.get("TRAINING_COMMIT") or _commit()
     calibration = {"out_of_fold_bits_per_dim": {c: round(s, 4) for c, s in sorted(oof.items())},
                    "flagged_out_of_fold": sorted(c for c, s in oof.items() if s > threshold),
                    "rule": RECIPE["threshold"], "recipe": {k: v for k, v in RECIPE.items() if k != "flow"},
-                   "training_s": final["training_s"], "commit": commit,
+                   "training_s": final["training_s"], "commit": commit, "threads": 1,
+                   "wall_time": "two runs at a time, one CPU thread each: fold0+fold1, then fold2+all, ~24 min each",
                    "command": "python scripts/train_flow_qc.py prepare; ... train --run fold0|fold1|fold2|all; ... ship",
                    "qc_shape": list(QC_SHAPE)}
     torch.save({"config": final["config"], "state_dict": final["state_dict"], "threshold": threshold,

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
+from monai_iunet.apps.brats.labels import MODALITIES
 from monai_iunet.apps.brats.qc import (
     INTENSITY_RANGE,
     LEVELS,
@@ -24,6 +27,8 @@ from monai_iunet.apps.brats.qc import (
 from monai_iunet.networks import IUNetFlow
 from monai_iunet.networks.flow import standard_normal_log_prob
 
+from ..data.test_dicom_clinical import DATA, REAL, needs_data
+from .conftest import BUNDLE
 from .test_clinical import bundle_runner, sphere_study  # noqa: F401 (fixture)
 
 TINY_FLOW = {"spatial_dims": 3, "in_channels": 4, "num_levels": 2, "blocks_per_level": 1}
@@ -88,3 +93,39 @@ def test_qc_lands_in_the_inference_report_and_the_case_is_still_segmented(sphere
     saved = json.loads((tmp_path / "out" / "inference_report.json").read_text())
     assert saved["cases"]["sphere"]["qc"] == case["qc"]
     assert np.isfinite(case["qc"]["score"])
+
+
+SHIPPED = BUNDLE / "models" / "qc_flow.pt"
+
+
+def test_the_shipped_qc_flow_and_its_calibration():
+    saved = torch.load(SHIPPED, weights_only=True)
+    calibration = json.loads(saved["calibration"])
+    flow = IUNetFlow(**saved["config"])
+    flow.load_state_dict(saved["state_dict"])  # strict
+    oof = list(calibration["out_of_fold_bits_per_dim"].values())
+    assert len(oof) == 24 and saved["threshold"] == pytest.approx(robust_threshold(oof), abs=1e-3)
+    assert calibration["flagged_out_of_fold"] == sorted(c for c, s in calibration["out_of_fold_bits_per_dim"].items()
+                                                        if s > saved["threshold"])
+    assert len(calibration["commit"]) == 40 and calibration["training_s"] > 0
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(BUNDLE)})
+    assert parser.get_parsed_content("scan_qc") is True
+    assert Path(parser.get_parsed_content("qc_weights")) == SHIPPED
+
+
+@needs_data
+def test_the_shipped_qc_passes_a_real_brats_case_and_flags_a_raw_unstripped_head():
+    """Through the bundle's own pre-processing: a real BraTS case scores inside the cross-validated range; a real
+    raw head (the Siemens XA30 T1 as all four modalities, brain extraction off) is flagged."""
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')", "skull_strip": False})
+    preprocessing = parser.get_parsed_content("preprocessing")
+    case = DATA / "brats_real" / "Brats18_CBICA_AQR_1"
+    brats = preprocessing({"image": [str(next(case.glob(f"*_{m}.nii.gz"))) for m in MODALITIES]})["qc"]
+    calibration = json.loads(torch.load(SHIPPED, weights_only=True)["calibration"])
+    assert not brats["flagged"] and brats["score"] < max(calibration["out_of_fold_bits_per_dim"].values())
+    head = preprocessing({"image": [str(REAL["siemens_enhanced"])] * 4, "case": "raw"})["qc"]
+    assert head["flagged"] and head["score"] > brats["score"] + 2

@@ -153,9 +153,9 @@ class BatchSegmentation:
         }
         if sources.get("unreadable"):  # series of the study not used because files of theirs cannot be read
             entry["unreadable_files"] = sources["unreadable"]
-        for key, name in ((self.brain_extraction_key, "brain_extraction"), (self.qc_key, "qc")):
+        for key, report_key in ((self.brain_extraction_key, "brain_extraction"), (self.qc_key, "qc")):
             if key in data:
-                entry[name] = data[key]
+                entry[report_key] = data[key]
         image = data["image"].unsqueeze(0).to(self.device)
         with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp):
             data["pred"] = self.inferer(image, self.network)[0].float().cpu()

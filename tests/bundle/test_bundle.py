@@ -26,7 +26,7 @@ from .conftest import BUNDLE, CT_BUNDLE, SCHEMA, TINY, TRAIN_TINY, check, run_bu
 def test_train_writes_best_and_last_checkpoints(trained):
     assert (trained / "models" / "model.pt").is_file()
     last = torch.load(trained / "models" / "resume" / "last.pt", weights_only=True)
-    assert set(last) == {"model", "optimizer", "lr_scheduler", "best_model", "trainer"}
+    assert set(last) == {"model", "optimizer", "lr_scheduler", "best_model", "trainer", "grad_scaler", "random_states"}
     assert last["trainer"]["iteration"] == 3 and last["trainer"]["epoch_length"] == 3  # one epoch of 3 cases
     assert any(p.name.startswith("events.out.tfevents") for p in (trained / "eval").iterdir())  # TensorBoard
 

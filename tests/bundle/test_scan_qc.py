@@ -89,6 +89,7 @@ def test_qc_lands_in_the_inference_report_and_the_case_is_still_segmented(sphere
     report = bundle_runner(sphere_study, "sphere", tmp_path / "out", scan_qc=True, qc_weights=str(weights)).run()
     case = report["cases"]["sphere"]
     assert case["status"] == "ok" and case["outputs"]["nifti"]["status"] == "written"
+    assert Path(case["outputs"]["nifti"]["path"]).name == "sphere_seg.nii.gz"
     assert case["qc"]["flagged"] is True and case["qc"]["threshold"] == -1.0
     saved = json.loads((tmp_path / "out" / "inference_report.json").read_text())
     assert saved["cases"]["sphere"]["qc"] == case["qc"]

@@ -27,9 +27,10 @@ The networks (``NETWORKS``), all 4 input channels → 3 output channels in 3D:
 * ``unet`` / ``checkpoint-unet``: MONAI ``UNet`` / ``CheckpointUNet`` with channels ``width·2^i`` over ``levels``
   levels and ``num_res_units = blocks``;
 * ``segresnet``: MONAI ``SegResNet`` as configured by the model zoo's BraTS bundle (blocks_down [1, 2, 2, 4],
-  blocks_up [1, 1, 1], dropout 0.2) with ``init_filters = width``; ``levels`` and ``blocks`` do not apply;
-* ``iunet-flow`` / ``iunet-flow-plain``: :class:`~monai_iunet.networks.IUNetFlow` (4 channels, squeezed to 32)
-  memory-efficient / plain, trained on its negative log-likelihood; ``width`` does not apply.
+  blocks_up [1, 1, 1], dropout 0.2) with ``init_filters = width``; ``levels`` and ``blocks`` do not apply.
+
+And, in ``FLOWS``, ``iunet-flow`` / ``iunet-flow-plain``: :class:`~monai_iunet.networks.IUNetFlow` (4 channels,
+squeezed to 32) memory-efficient / plain, trained on its negative log-likelihood; ``width`` does not apply.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["NETWORKS", "FIXED_DEPTH", "build_network", "build_case_network", "reference_available", "measure", "run_case",
+__all__ = ["NETWORKS", "FLOWS", "FIXED_DEPTH", "build_network", "build_case_network", "reference_available", "measure", "run_case",
            "run_inference_case"]
 
 IN_CHANNELS, OUT_CHANNELS = 4, 3
@@ -120,9 +121,9 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "unet": _unet(False),
     "checkpoint-unet": _unet(True),
     "segresnet": _segresnet,
-    "iunet-flow": _flow(True),
-    "iunet-flow-plain": _flow(False),
 }
+# Normalizing flows (4 channels in, a latent and its log-determinant out), trained on their negative log-likelihood.
+FLOWS: dict[str, Callable[..., nn.Module]] = {"iunet-flow": _flow(True), "iunet-flow-plain": _flow(False)}
 FIXED_DEPTH = {"segresnet"}  # networks whose levels/blocks are fixed by their reference configuration
 
 
@@ -137,9 +138,10 @@ def build_case_network(case: dict) -> nn.Module:
 
 
 def build_network(name: str, width: int, levels: int, blocks: int) -> nn.Module:
-    if name not in NETWORKS:
-        raise ValueError(f"unknown network {name!r}; choose one of {sorted(NETWORKS)}.")
-    return NETWORKS[name](width, levels, blocks)
+    builders = {**NETWORKS, **FLOWS}
+    if name not in builders:
+        raise ValueError(f"unknown network {name!r}; choose one of {sorted(builders)}.")
+    return builders[name](width, levels, blocks)
 
 
 def reference_available() -> bool:
@@ -199,7 +201,7 @@ def measure(case: dict) -> dict:
     gc.collect()
 
     def objective() -> torch.Tensor:
-        if case.get("network", "").startswith("iunet-flow"):  # a flow trains on its negative log-likelihood
+        if case.get("network") in FLOWS:  # a flow trains on its negative log-likelihood
             from .networks.flow import standard_normal_log_prob
 
             z, log_det = net(x)

@@ -6,8 +6,8 @@ STUDY_DIR is a study as a PACS or CD export leaves it (any nesting and file name
 ``configs/inference.json`` picks a series per modality (T1, T1ce, T2, FLAIR) by its ``series_rules``, brings them
 onto the T1ce grid, skull-strips them unless they already are (deepbet on the T1ce; ``--skull-strip``) and writes
 ``OUT_DIR/<case>_seg.nii.gz``, ``OUT_DIR/<case>_seg.dcm`` (DICOM SEG of the T1ce series) and
-``OUT_DIR/inference_report.json``. The command prints the outputs, which series were used and the brain
-extraction, and exits non-zero when an output failed.
+``OUT_DIR/inference_report.json``. The command prints the outputs, which series were used, the brain extraction and
+the scan QC (a typicality score: a warning, not a refusal; ``--no-qc``), and exits non-zero when an output failed.
 """
 
 from __future__ import annotations

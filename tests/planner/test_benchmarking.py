@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from monai_iunet.benchmarking import NETWORKS, build_network, reference_available, run_case
+from monai_iunet.benchmarking import FLOWS, NETWORKS, build_network, reference_available, run_case
 
 
 def _forward_flops(net: torch.nn.Module, size: int) -> int:
@@ -18,6 +18,14 @@ def test_every_peer_network_maps_4_to_3_channels(name):
     net = build_network(name, width=8, levels=3, blocks=1)
     with torch.no_grad():
         assert net(torch.randn(1, 4, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
+
+
+@pytest.mark.parametrize("name", sorted(FLOWS))
+def test_the_benchmarked_flows_give_a_latent_and_a_log_det(name):
+    flow = build_network(name, width=0, levels=2, blocks=1)
+    with torch.no_grad():
+        z, log_det = flow(torch.randn(1, 4, 16, 16, 16))
+    assert z.shape == (1, 32, 8, 8, 8) and log_det.shape == (1,)
 
 
 def test_memory_efficient_and_plain_iunet_are_the_same_network():

@@ -35,13 +35,14 @@ from train_flow_qc import (  # noqa: E402
     WORK,
     case_dirs,
     folds,
+    levels_of,
     load_flow,
     preprocessing,
     score,
 )
 
 from monai_iunet.apps.brats.labels import MODALITIES  # noqa: E402
-from monai_iunet.apps.brats.qc import INTENSITY_RANGE, LEVELS, qc_volume, quantise  # noqa: E402
+from monai_iunet.apps.brats.qc import INTENSITY_RANGE, LEVELS, quantise  # noqa: E402
 from monai_iunet.data.dicom_series import index_dicom_files, read_series_volume, volume_to_metatensor  # noqa: E402
 from monai_iunet.transforms import LoadModalitiesd  # noqa: E402
 
@@ -144,16 +145,6 @@ def fpr_at_95_tpr(id_scores, ood_scores) -> float:
     return float((np.asarray(id_scores) >= threshold).mean())
 
 
-def to_levels(image, transform) -> torch.Tensor:
-    from monai.data import MetaTensor
-
-    if not isinstance(image, MetaTensor):
-        raise TypeError(type(image))
-    out = transform({"image": image})["image"]
-    spacing = np.linalg.norm(np.asarray(out.affine, float)[:3, :3], axis=0)
-    return quantise(qc_volume(out.as_tensor(), spacing)).to(torch.uint8)
-
-
 def main() -> None:
     rng = np.random.default_rng(0)
     cases = case_dirs()
@@ -175,12 +166,12 @@ def main() -> None:
         item = {"image": [str(next(cases[name].glob(f"*_{m}.nii.gz"))) for m in MODALITIES], "case": name}
         image = loader(item)["image"]
         for shift in CASE_SHIFTS:
-            levels = to_levels(type(image)(shifted(image.as_tensor(), shift, rng), meta=image.meta), rest)
+            levels = levels_of({"image": type(image)(shifted(image.as_tensor(), shift, rng), meta=image.meta)}, rest)
             rows.setdefault(shift, []).append(
                 (name, score(flows[k], levels), baselines[k].score(histogram_features(levels))))
     for shift, images in tqdm(foreign_inputs().items(), desc="foreign inputs"):
         for i, image in enumerate(images):
-            levels = to_levels(image, rest)
+            levels = levels_of({"image": image}, rest)
             for k in range(len(flows)):
                 rows.setdefault(shift, []).append(
                     (f"{i}/fold{k}", score(flows[k], levels), baselines[k].score(histogram_features(levels))))

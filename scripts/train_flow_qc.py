@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from monai_iunet.apps.brats.labels import MODALITIES  # noqa: E402
-from monai_iunet.apps.brats.qc import QC_SHAPE, bits_per_dim, qc_volume, quantise, robust_threshold  # noqa: E402
+from monai_iunet.apps.brats.qc import QC_SHAPE, bits_per_dim, qc_levels, robust_threshold  # noqa: E402
 from monai_iunet.networks import IUNetFlow  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -68,9 +68,7 @@ def preprocessing(**overrides):
 
 def levels_of(item: dict, transform) -> torch.Tensor:
     """A datalist item → its QC levels (uint8, ``(4, *QC_SHAPE)``) after the bundle's pre-processing."""
-    image = transform(dict(item))["image"]
-    spacing = np.linalg.norm(np.asarray(image.affine, float)[:3, :3], axis=0)
-    return quantise(qc_volume(image.as_tensor(), spacing)).to(torch.uint8)
+    return qc_levels(transform(dict(item))["image"])
 
 
 def folds() -> list[list[str]]:

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ...networks.flow import IUNetFlow
 
-__all__ = ["QC_SPACING", "QC_SHAPE", "INTENSITY_RANGE", "LEVELS", "qc_volume", "quantise", "dequantise",
+__all__ = ["QC_SPACING", "QC_SHAPE", "INTENSITY_RANGE", "LEVELS", "qc_volume", "qc_levels", "quantise", "dequantise",
            "bits_per_dim", "ScanQC", "ScanQCd", "robust_threshold"]
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,13 @@ def qc_volume(image: Tensor, spacing: Sequence[float]) -> Tensor:
         target.append(slice(lo - start, hi - start))
     out[(slice(None), *target)] = small[(slice(None), *source)]
     return out
+
+
+def qc_levels(image) -> Tensor:
+    """A pre-processed case (channel-first MetaTensor; its affine gives the voxel size) → the levels the QC flow
+    scores: :func:`qc_volume`, then :func:`quantise` (uint8)."""
+    spacing = np.linalg.norm(np.asarray(image.affine, float)[:3, :3], axis=0)
+    return quantise(qc_volume(torch.as_tensor(image), spacing)).to(torch.uint8)
 
 
 def quantise(volume: Tensor) -> Tensor:
@@ -110,8 +117,9 @@ class ScanQC:
         return cls(flow, saved["threshold"], device)
 
     @torch.no_grad()
-    def score(self, image: Tensor, spacing: Sequence[float]) -> float:
-        levels = quantise(qc_volume(image, spacing))[None].to(self.device)
+    def score(self, image) -> float:
+        """Bits/dim of a pre-processed case (see :func:`qc_levels`)."""
+        levels = qc_levels(image)[None].float().to(self.device)
         return float(bits_per_dim(self.flow, levels)[0])
 
 
@@ -143,9 +151,7 @@ class ScanQCd(MapTransform):
             if self.qc is None:
                 d[self.qc_key] = {"enabled": False}
                 continue
-            image = d[key]
-            spacing = np.linalg.norm(np.asarray(image.affine, float)[:3, :3], axis=0)
-            score = self.qc.score(image, spacing)
+            score = self.qc.score(d[key])
             flagged = score > self.qc.threshold
             d[self.qc_key] = {"score": round(score, 4), "threshold": round(self.qc.threshold, 4),
                               "flagged": bool(flagged), "units": "bits/dim"}

@@ -5,6 +5,7 @@ works as a dotted path. ``monai_iunet.engine`` and ``monai_iunet.layers`` work w
 networks build their coupling sub-networks with MONAI's layer factories and are exported when MONAI is present.
 """
 
+from . import _moved
 from .engine import SavedTensorBytes, run_memory_efficient
 from .layers import (
     ActNorm,
@@ -18,6 +19,8 @@ from .layers import (
 )
 
 __version__ = "0.1.0"
+
+_moved.install()  # module paths of earlier releases (monai_iunet.transforms, monai_iunet.data.*, …) keep working
 
 __all__ = [
     "ActNorm",

@@ -9,14 +9,13 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
 
-import torch
-from monai.handlers import from_engine
+from .networks.weights import load_weights  # earlier configs call it as monai_iunet.bundle.load_weights
 
-__all__ = ["BUNDLES", "bundle_path", "handler", "region_output_transform", "load_weights", "handlers_for_rank",
-           "run_bundle"]
+__all__ = ["BUNDLES", "bundle_path", "network_def", "handler", "load_weights",
+           "handlers_for_rank", "run_bundle"]
 
 BUNDLES = ("brats_iunet_segmentation", "ct_iunet_postprocessing")
 
@@ -34,22 +33,35 @@ def bundle_path(name: str = "brats_iunet_segmentation") -> Path:
                             f"source checkout ({package.parent / 'bundles'}); reinstall monai-iunet.")
 
 
+def network_def(config: str | Path | Mapping, instantiate: bool = True, **overrides):
+    """The network a config describes, parsed by MONAI's ``ConfigParser`` as ``monai.bundle run`` parses it: a bundle
+    config or a preset (a file or a dict) with a ``network_def`` (its ``imports`` run, references and expressions
+    resolved), or a bare ``network_def`` (a dict with ``_target_``). ``overrides`` replace arguments of the network.
+    With ``instantiate=False``: the network's resolved arguments instead (``_target_`` and the other ``_`` keys left
+    out), e.g. for the memory planner."""
+    from monai.bundle import ConfigParser
+
+    if not isinstance(config, Mapping):
+        config = ConfigParser.load_config_files(str(config))
+    config = copy.deepcopy(dict(config))  # the parser writes overrides into the (nested) dicts it is given
+    if "network_def" not in config:
+        config = {"network_def": config}
+    parser = ConfigParser(config)
+    if "imports" in config:
+        parser.get_parsed_content("imports")
+    for key, value in overrides.items():
+        parser[f"network_def#{key}"] = value
+    if instantiate:
+        return parser.get_parsed_content("network_def")
+    arguments = parser.get_parsed_content("network_def", instantiate=False).get_config()
+    return {key: value for key, value in arguments.items() if not key.startswith("_")}
+
+
 def handler(instance):
     """``instance`` itself. A config's handler list entry ``{"_target_": "monai_iunet.bundle.handler", "instance":
     "@lr_scheduler"}`` attaches an object defined elsewhere in the config (one that the resumable checkpoint also
     saves) while keeping every entry a dict, as MONAI Label requires (it reads ``_target_`` of each)."""
     return instance
-
-
-def region_output_transform(channel: int) -> Callable:
-    """``output_transform`` for a metric handler on one BraTS region: the ``channel`` of every pred and label."""
-    select = from_engine(["pred", "label"])
-
-    def transform(output):
-        preds, labels = select(output)
-        return [p[channel : channel + 1] for p in preds], [y[channel : channel + 1] for y in labels]
-
-    return transform
 
 
 def handlers_for_rank(handlers: list, rank: int) -> list:
@@ -62,34 +74,6 @@ def handlers_for_rank(handlers: list, rank: int) -> list:
     if rank == 0:
         return list(handlers)
     return [h for h in handlers if not isinstance(h, (ProgressBar, StatsHandler, TensorBoardStatsHandler))]
-
-
-def load_weights(network: torch.nn.Module, path: str, map_location=None) -> torch.nn.Module:
-    """Load a checkpoint written by the bundle (``model.pt``: the network's state dict; ``last.pt``: a dict with a
-    ``"model"`` entry) with ``weights_only=True``. A checkpoint of another architecture raises ``ValueError`` listing
-    the missing, unexpected and mis-shaped keys."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; train first or set ckpt_path.")
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    if "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    # tried on a copy first, so that a mismatch leaves the network as it was; load_state_dict (not a comparison of
-    # keys) so that the network's own load hooks (earlier parameter names) apply
-    try:
-        result = copy.deepcopy(network).load_state_dict(state, strict=False)
-        mis_shaped = ""
-    except RuntimeError as error:  # parameters of another shape
-        result, mis_shaped = None, str(error).split(":", 1)[-1].strip()
-    missing, unexpected = (sorted(result.missing_keys), sorted(result.unexpected_keys)) if result else ([], [])
-    if missing or unexpected or mis_shaped:
-        raise ValueError(
-            f"checkpoint {path} does not match the network (another architecture?): "
-            f"missing {missing[:10]}{'…' if len(missing) > 10 else ''}, "
-            f"unexpected {unexpected[:10]}{'…' if len(unexpected) > 10 else ''}"
-            + (f", {mis_shaped[:1000]}" if mis_shaped else ".")
-        )
-    network.load_state_dict(state)
-    return network
 
 
 def run_bundle(bundle: str | Path, configs: list, log: str | Path | None = None, **overrides) -> None:

@@ -12,7 +12,6 @@ MONAI's ``SlidingWindowInferer`` feeds windows of ``roi_size`` (× ``sw_batch_si
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,13 +60,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="input shape: sw_batch_size, channels, roi_size (default 1 4 128 128 128)")
     parser.add_argument("--opset", type=int, default=18)
     args = parser.parse_args(argv)
-    from monai.bundle import ConfigParser
+    from .bundle import network_def
 
-    config = json.loads(Path(args.network).read_text())
-    parser_ = ConfigParser({"imports": ["$import monai_iunet"], "network_def": config.get("network_def", config)})
-    network = parser_.get_parsed_content("network_def")
+    network = network_def(args.network)
     if args.ckpt:
-        from .bundle import load_weights
+        from .networks import load_weights
 
         load_weights(network, args.ckpt, map_location="cpu")
     print(f"wrote {export_onnx(network, args.output, args.shape, args.opset)}")

@@ -13,7 +13,7 @@ What it adds for the device (``device_type``):
   PyTorch runs with its fallback kernel (it picks by a size rule), oneDNN's blocked-layout copies of input and
   output for the others, and the batch of two half-volumes for those that ``SameConv`` moves off the fallback —
   and ``CPU_RUNTIME_BYTES`` for what a process that has run a training step holds beyond tensors (oneDNN, OpenMP
-  and autograd-thread memory). Checked against peaks measured with ``monai_iunet.benchmarking``
+  and autograd-thread memory). Checked against peaks measured with ``benchmarking``
   (``docs/benchmarks/cpu.md``): −2 … +4 % for every channels-last configuration there, −15 … −1 % for the
   channels-first ones (the worst at width 8, where copies of full-resolution halves are not all modelled);
 * ``"cuda"``: Adam's ``foreach`` temporaries are simulated as on CUDA; cuDNN's workspace and the allocator's
@@ -46,8 +46,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from .bundle import network_def
 from .layers.base import is_channels_last
-from .layers.conv import falls_back
+from .layers.conv import splits_batch
 from .networks import IUNet
 from .networks.invertible_unet import unet_plan
 
@@ -170,14 +171,13 @@ class _Convolution:
 
 
     def _halved(self, input: torch.Tensor) -> bool:
-        """Whether :func:`~monai_iunet.layers.conv.same_conv` runs this convolution as two half-volumes on the CPU."""
+        """Whether this is a convolution :func:`~monai_iunet.layers.conv.same_conv` makes (stride 1, output size =
+        input size, one group) that it runs as two half-volumes, by its own rule
+        (:func:`~monai_iunet.layers.conv.splits_batch`) applied to a stand-in input on the CPU."""
         stride, padding, dilation, transposed, _, groups = self.conv_args
         same_size = all(2 * p == k - 1 for p, k in zip(padding, self.weight_shape[2:]))
         plain = all(s == 1 for s in stride) and all(d == 1 for d in dilation) and not transposed and groups == 1
-        return (
-            same_size and plain and input.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-            and falls_back(input.shape, self.weight_shape)
-        )
+        return same_size and plain and splits_batch(input, torch.empty(self.weight_shape, dtype=input.dtype))
 
 
 @dataclass(frozen=True)
@@ -362,11 +362,8 @@ def largest_width(
 
 
 def _network_kwargs(path: str | None, overrides: list[str]) -> dict:
-    kwargs: dict = {"spatial_dims": 3, "in_channels": 4, "out_channels": 3}
-    if path:
-        with open(path) as f:
-            config = json.load(f)
-        kwargs = {k: v for k, v in config.get("network_def", config).items() if not k.startswith("_")}
+    kwargs: dict = network_def(path, instantiate=False) if path else {"spatial_dims": 3, "in_channels": 4,
+                                                                         "out_channels": 3}
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:

@@ -2,7 +2,7 @@
 """Side-by-side training-step benchmark: IUNet (memory-efficient on/off) vs MONAI UNet, CheckpointUNet, the model
 zoo's BraTS SegResNet and the reference iunets+memcnn, over input size, depth, levels and width.
 
-Every case runs in a fresh process (``monai_iunet.benchmarking``: peak memory of a training step, median step
+Every case runs in a fresh process (``benchmarking``: peak memory of a training step, median step
 time, parameters, forward FLOPs). Results are appended to ``<output>/results_<device>.jsonl`` (a re-run skips cases
 already measured, so an interrupted sweep resumes), then the report is written: ``<output>/<device>.md`` (tables,
 targets) and PNG plots. The reference runs only when installed: ``pip install --no-deps iunets==0.1 memcnn==1.5.2``.
@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 
 import torch
+from benchmarking import FIXED_DEPTH, reference_available, run_case
 from tqdm import tqdm
 
-from monai_iunet.benchmarking import FIXED_DEPTH, reference_available, run_case
 from monai_iunet.planner import MemoryPlanner
 
 BASE = dict(width=16, levels=4, blocks=2, size=64)

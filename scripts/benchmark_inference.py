@@ -18,8 +18,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-
-from monai_iunet.benchmarking import run_inference_case
+from benchmarking import run_inference_case
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"

@@ -6,7 +6,7 @@
 
 1. each model's final weights (``last.pt``'s ``model``; no checkpoint selection) → ``<runs>/<model>/final_model.pt``;
 2. the bundle's ``inference.json`` on the held-out cases (NIfTI on each input's own 1 mm grid), scored with
-   ``monai_iunet.evaluation`` (MONAI's Dice and HD95, BraTS conventions) → ``<runs>/<model>/heldout/scores.json``;
+   ``monai_iunet.apps.brats.metrics`` (MONAI's Dice and HD95, BraTS conventions) → ``<runs>/<model>/heldout/scores.json``;
 3. the resolution ceiling of the 2 mm recipe: each held-out expert label taken to 2 mm and back, scored the same way;
 4. peak memory of a training step of both at the training crop and at the paper's 128³ (fresh processes), and
    whole-case inference time and peak RSS of both (fresh processes, alternating, median);
@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from benchmarking import run_case, run_inference_case
 
 from monai_iunet.apps.brats.labels import REGIONS
-from monai_iunet.benchmarking import run_case, run_inference_case
+from monai_iunet.apps.brats.metrics import score_case, score_cases, summarise
 from monai_iunet.bundle import run_bundle
-from monai_iunet.evaluation import score_case, score_cases, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
@@ -82,7 +82,7 @@ def resolution_ceiling(datalist: list[dict], pixdim: float, work: Path) -> dict:
         Spacing,
     )
 
-    from monai_iunet.transforms import BratsLabelsFromRegionsd
+    from monai_iunet.apps.brats.transforms import BratsLabelsFromRegionsd
 
     work.mkdir(parents=True, exist_ok=True)
     loader = LoadImage(image_only=True, ensure_channel_first=True)
@@ -326,7 +326,7 @@ def write_markdown(results: dict, path: Path) -> None:
                  f"{iunet['training']['epochs']} | {segresnet['training']['training_time_s']:.0f} s / "
                  f"{segresnet['training']['epochs']} |")
     lines += ["",
-              "Training-step peaks: CPU, fresh process per case (`monai_iunet.benchmarking.run_case`: anonymous RSS",
+              "Training-step peaks: CPU, fresh process per case (`benchmarking.run_case`: anonymous RSS",
               "after a warm-up step with `MALLOC_MMAP_THRESHOLD_=65536`; 'kept for backward' counts the bytes autograd",
               "saves, exactly). Whole-case inference: `inference.json` in a fresh process, 1 mm case in, label map out,",
               "loading and writing included, measured after training on the otherwise idle machine (2 threads).", ""]

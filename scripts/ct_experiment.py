@@ -3,7 +3,7 @@
 
 Every model is trained and evaluated through the CT bundle (``bundles/ct_iunet_postprocessing``, ``python -m
 monai.bundle run``, fresh process each) on the same data, with the same optimiser, epochs and augmentation; the
-peak memory of one training step of each is measured in a fresh process (``monai_iunet.benchmarking``). Rows:
+peak memory of one training step of each is measured in a fresh process (``benchmarking``). Rows:
 
 * MONAI ``DynUNet`` with 2 convolutions per level (the paper's "classic 3D U-Net"), layer normalisation, 4 scales,
   channel blowup 4 and 8;
@@ -70,7 +70,8 @@ def raw_metric(eval_dir: Path, name: str) -> list[float]:
 
 def train_and_evaluate(name: str, data: Path, out: Path, epochs: int, previous: dict | None = None) -> dict:
     """Train ``name`` for ``epochs`` through the bundle (unless its model exists), evaluate it on the test volumes."""
-    from monai_iunet.benchmarking import run_case
+    from benchmarking import run_case
+
     from monai_iunet.bundle import run_bundle
 
     label, blowup, network_def = MODELS[name]
@@ -95,23 +96,25 @@ def train_and_evaluate(name: str, data: Path, out: Path, epochs: int, previous: 
 
 
 def planner_prediction(network_def: dict, size: int) -> float:
+    from monai_iunet.bundle import network_def as parse
     from monai_iunet.planner import MemoryPlanner
 
-    kwargs = {k: v for k, v in network_def.items() if k != "_target_"}
-    return MemoryPlanner(device_type="cpu", **kwargs).peak_bytes([size] * 3) / 2**20
+    return MemoryPlanner(device_type="cpu", **parse(network_def, instantiate=False)).peak_bytes([size] * 3) / 2**20
 
 
 def mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.2f} ± {np.std(values):.2f}" if values else "–"
 
 
-def predict(network_def: dict, weights: Path, image: np.ndarray) -> np.ndarray:
-    """One volume through a trained network (whole volume; the networks are fully convolutional)."""
+def predict(network_def: dict | str, weights: Path, image: np.ndarray) -> np.ndarray:
+    """One volume through a trained network (``network_def``: a config file or a network_def dict; whole volume, the
+    networks are fully convolutional)."""
     import torch
-    from monai.bundle import ConfigParser
 
-    network = ConfigParser({"imports": ["$import monai_iunet"], "n": network_def}).get_parsed_content("n")
-    network.load_state_dict(torch.load(weights, weights_only=True))
+    from monai_iunet.bundle import network_def as parse
+    from monai_iunet.networks import load_weights
+
+    network = load_weights(parse(network_def), str(weights))
     with torch.no_grad():
         return network.eval()(torch.from_numpy(image)[None, None])[0, 0].numpy()
 
@@ -163,7 +166,7 @@ def report(results: list[dict], args, settings: dict, prediction_mib: float) -> 
         f"`python scripts/ct_experiment.py --epochs {args.epochs} --unet-epochs {args.unet_epochs} --size {args.size}`"
         " — foam phantoms "
         f"{args.size}³ ({args.train} training, {args.val} validation, {args.test} test volumes; "
-        f"`python -m monai_iunet.data.ct`): parallel beam, {settings['angles']} angles over 180° about a perturbed "
+        f"`python -m monai_iunet.apps.ct.simulation`): parallel beam, {settings['angles']} angles over 180° about a perturbed "
         f"volume diagonal, Poisson noise at {settings['photons']:g} photons per ray, FBP (astra, ramp filter). Every "
         "model trained through the CT bundle (batch 1, Adam 1e-3, cosine schedule, MSE, "
         "random flips and 90° rotations; best validation PSNR kept) and evaluated on the test volumes. 2 CPU "
@@ -202,7 +205,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--ship", action="store_true", help="copy the blowup-8 iUNet to the bundle's models/")
     args = parser.parse_args()
-    from monai_iunet.data.ct import write_ct_dataset
+    from monai_iunet.apps.ct.simulation import write_ct_dataset
 
     data = args.output / "data"
     if not (data / "datalist.json").is_file():

@@ -31,11 +31,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
+from monai_iunet.apps.brats.data.datalist import write_datalist  # noqa: E402
+from monai_iunet.apps.brats.data.synthetic import write_dataset, write_pacs_study  # noqa: E402
+from monai_iunet.apps.brats.metrics import score_case  # noqa: E402
 from monai_iunet.bundle import run_bundle  # noqa: E402
-from monai_iunet.data.datalist import write_datalist  # noqa: E402
-from monai_iunet.data.dicom import write_pacs_study  # noqa: E402
-from monai_iunet.data.synthetic import write_dataset  # noqa: E402
-from monai_iunet.evaluation import score_case  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
@@ -75,13 +74,13 @@ def segment_study(case_dir: Path, study: Path, output: Path, ckpt: Path) -> None
     against the case's ground truth, resampled (nearest) onto the T1ce grid the output is on."""
     from monai.transforms import LoadImage, ResampleToMatch, SaveImage
 
-    from monai_iunet.evaluation import score_case
+    from monai_iunet.apps.brats.metrics import score_case
 
     images = {m: nib.load(next(case_dir.glob(f"*_{m}.nii.gz"))) for m in ("t1", "t1ce", "t2", "flair")}
     affine = images["t1"].affine
     write_pacs_study({m: np.asarray(img.dataobj, np.float32) for m, img in images.items()}, affine, study,
                      case_dir.name, seed=0)
-    command = [sys.executable, "-m", "monai_iunet.segment", str(study), "--output", str(output), "--ckpt", str(ckpt),
+    command = [sys.executable, "-m", "monai_iunet.apps.brats.segment", str(study), "--output", str(output), "--ckpt", str(ckpt),
                "--config", str(PRESET), "--case", case_dir.name]
     print("\n$ " + " ".join(command[1:]), flush=True)
     subprocess.run(command, check=True)
@@ -106,7 +105,7 @@ def shipped_model_at_work(study: Path, out: Path) -> None:
     case = json.loads(HELD_OUT.read_text())["testing"][0]
     case_dir = next(iter(REAL_DATA.glob(f"*/{case}")), None)
     if case_dir is None:
-        command = [sys.executable, "-m", "monai_iunet.segment", str(study), "--output", str(out), "--case", "synthetic",
+        command = [sys.executable, "-m", "monai_iunet.apps.brats.segment", str(study), "--output", str(out), "--case", "synthetic",
                    "--skull-strip", "false"]  # a phantom: no anatomy for brain extraction
         print("\n$ " + " ".join(command[1:]), flush=True)
         subprocess.run(command, check=True)
@@ -162,7 +161,7 @@ def main() -> None:
 
     study_case = data / datalist["testing_dicom"][0]["image"][0]
     study_case = Path(str(study_case)).parents[1]  # <case>/dicom/t1 -> <case>
-    print(f"5/6 segmenting a PACS-like study made from {study_case.name} with python -m monai_iunet.segment", flush=True)
+    print(f"5/6 segmenting a PACS-like study made from {study_case.name} with python -m monai_iunet.apps.brats.segment", flush=True)
     segment_study(study_case, out / "study", out / "pred_study", out / "models" / "model.pt")
     shipped_model_at_work(out / "study", out / "shipped")
 

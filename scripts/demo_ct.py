@@ -18,8 +18,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from monai_iunet.apps.ct.simulation import write_ct_dataset
 from monai_iunet.bundle import run_bundle
-from monai_iunet.data.ct import write_ct_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ct_experiment import BUNDLE, predict, slices_png  # noqa: E402
@@ -47,7 +47,7 @@ def main() -> None:
     case = json.loads((data / "datalist.json").read_text())["testing"][0]
     image = np.asarray(nib.load(data / case["image"]).dataobj, np.float32)
     truth = np.asarray(nib.load(data / case["label"]).dataobj, np.float32)
-    network_def = json.loads((BUNDLE / "configs" / "train.json").read_text())["network_def"]
+    network_def = str(BUNDLE / "configs" / "train.json")  # its network_def, parsed as monai.bundle run parses it
     panels = [("FBP", image), (f"demo iUNet ({args.epochs} epochs)", predict(network_def, out / "models" / "model.pt",
                                                                            image))]
     if (BUNDLE / "models" / "model.pt").is_file():

@@ -43,8 +43,9 @@ from train_flow_qc import (  # noqa: E402
 
 from monai_iunet.apps.brats.labels import MODALITIES  # noqa: E402
 from monai_iunet.apps.brats.qc import INTENSITY_RANGE, LEVELS, quantise  # noqa: E402
-from monai_iunet.data.dicom_series import index_dicom_files, read_series_volume, volume_to_metatensor  # noqa: E402
-from monai_iunet.transforms import LoadModalitiesd  # noqa: E402
+from monai_iunet.apps.brats.transforms import LoadModalitiesd  # noqa: E402
+from monai_iunet.dicom.geometry import volume_to_metatensor  # noqa: E402
+from monai_iunet.dicom.series import index_dicom_files, read_series_volume  # noqa: E402
 
 OUT = ROOT / "docs" / "benchmarks"
 BINS = 64
@@ -88,7 +89,7 @@ CASE_SHIFTS = ("wrong order", "T1 in every slot", "noise", "motion ghosting", "b
 
 def foreign_inputs() -> dict[str, list]:
     """Inputs that are not BraTS cases: (shift name, [MetaTensor (4, ...)])."""
-    from monai_iunet.data.synthetic import make_case
+    from monai_iunet.apps.brats.data.synthetic import make_case
 
     heads = []
     for name in ("enhanced_siemens_xa30_t1w_tfl", "siemens_prisma_t1_fl2d_sag_HFS", "ge_signa_3d_ax_t1_mprage_oblique"):

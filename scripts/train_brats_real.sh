@@ -7,7 +7,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 data=$(cd "${1:-$root/../shared/data}" && pwd)
 runs=$(mkdir -p "${2:-$root/runs/brats_real}" && cd "${2:-$root/runs/brats_real}" && pwd)
 py=${PYTHON:-$root/.venv/bin/python}
-"$py" -m monai_iunet.data.datalist --dataset-dir "$data" --split "$root/configs/splits/brats_real_holdout.json" \
+"$py" -m monai_iunet.apps.brats.data.datalist --dataset-dir "$data" --split "$root/configs/splits/brats_real_holdout.json" \
     --output "$runs/datalist.json"
 for model in iunet segresnet; do
     configs="'configs/train.json','$root/configs/bundles/brats_real_cpu.json'"

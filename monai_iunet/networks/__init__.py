@@ -1,9 +1,11 @@
-"""Networks (MONAI at the edge): the invertible core, the MONAI-facing IUNet and the IUNetFlow normalizing flow."""
+"""Networks (MONAI at the edge): the invertible core, the MONAI-facing IUNet, the IUNetFlow normalizing flow, and
+``load_weights`` for checkpoints written by the bundles."""
 
 from .blocks import coupling_block, coupling_subnet
 from .flow import IUNetFlow
 from .invertible_unet import InvertibleUNet
 from .iunet import IUNet
+from .weights import load_weights
 
 __all__ = [
     "coupling_block",
@@ -11,4 +13,5 @@ __all__ = [
     "InvertibleUNet",
     "IUNet",
     "IUNetFlow",
+    "load_weights",
 ]

@@ -10,6 +10,7 @@ from fractions import Fraction
 from typing import List, Tuple
 
 import torch
+from monai.utils import ensure_tuple_rep
 from torch import Tensor, nn
 
 from ..engine.reversible import Concat, Program, Split, invert_program, run
@@ -31,12 +32,10 @@ __all__ = ["InvertibleUNet", "UNetPlan", "level_strides", "unet_plan"]
 
 def _per_level(value, num_levels: int, name: str) -> list:
     """A scalar (same for every level) or a sequence of ``num_levels`` values."""
-    if isinstance(value, (int, float)):
-        return [value] * num_levels
-    values = list(value)
-    if len(values) != num_levels:
-        raise ValueError(f"{name} must be a number or a sequence of {num_levels} values, got {value!r}.")
-    return values
+    try:
+        return list(ensure_tuple_rep(value, num_levels))
+    except ValueError as error:
+        raise ValueError(f"{name} must be a number or a sequence of {num_levels} values, got {value!r}.") from error
 
 
 def level_strides(strides, spatial_dims: int, num_resamplings: int) -> list[tuple[int, ...]]:

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from monai_iunet import IUNet
-from monai_iunet.bundle import load_weights
+from monai_iunet.networks import load_weights
 
-from ..data.test_dicom_clinical import assert_dicom_valid
+from ..dicom.test_dicom_clinical import assert_dicom_valid
 from .conftest import BUNDLE, CT_BUNDLE, SCHEMA, TINY, TRAIN_TINY, check, run_bundle, write_json
 
 
@@ -218,14 +218,15 @@ def test_model_zoo_checker_steps(source, tmp_path):
     ],
 )
 def test_case_names(item, expected):
-    from monai_iunet.transforms import case_name
+    from monai_iunet.apps.brats.transforms import case_name
 
     assert case_name(item) == expected
 
 
 def test_per_region_dice_of_train_json_on_a_known_case():
-    """The config's per-region metrics against a prediction whose Dice per region is known: TC exact (1), WT half
-    covered (2/3), ET missed (0). A swapped channel would change these numbers."""
+    """The config's validation post-processing (sigmoid, threshold, SplitDimd into the regions) and per-region
+    metrics against a prediction whose Dice per region is known: TC exact (1), WT half covered (2/3), ET missed (0).
+    A swapped channel would change these numbers."""
     from ignite.engine import Engine
     from monai.bundle import ConfigParser
 
@@ -237,7 +238,9 @@ def test_per_region_dice_of_train_json_on_a_known_case():
     pred = label.clone()
     pred[1, 2:] = 0  # WT: half of it
     pred[2] = 0  # ET: nothing
-    engine = Engine(lambda engine, batch: [{"pred": pred, "label": label}])
+    postprocessing = parser.get_parsed_content("validate#postprocessing")
+    logits = 20 * pred - 10
+    engine = Engine(lambda engine, batch: [postprocessing({"pred": logits, "label": label})])
     metrics = parser.get_parsed_content("validate#additional_metrics")
     for name, metric in metrics.items():
         metric.attach(engine, name)

@@ -1,5 +1,5 @@
 """The bundle's inference on clinical DICOM: a known object at a known patient position through the whole
-``inference.json`` pipeline, real scanner series, and the one-command ``python -m monai_iunet.segment``."""
+``inference.json`` pipeline, real scanner series, and the one-command ``python -m monai_iunet.apps.brats.segment``."""
 
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from monai_iunet.data.dicom import SeriesSpec, grid_affine, study_ids, write_pacs_study, write_series
-from monai_iunet.data.dicom_series import index_dicom_files, read_series_volume, volume_to_metatensor
-from monai_iunet.data.synthetic import make_case
-from monai_iunet.inference import BatchSegmentation
+from monai_iunet.apps.brats.data.synthetic import make_case, write_pacs_study
+from monai_iunet.apps.brats.inference import BatchSegmentation
+from monai_iunet.dicom.geometry import volume_to_metatensor
+from monai_iunet.dicom.series import index_dicom_files, read_series_volume
+from monai_iunet.dicom.synthetic import SeriesSpec, grid_affine, study_ids, write_series
 
-from ..data.test_dicom_clinical import REAL, assert_dicom_valid, centroid_ras, needs_data, seg_centroid_ras, sphere
+from ..dicom.test_dicom_clinical import REAL, assert_dicom_valid, centroid_ras, needs_data, seg_centroid_ras, sphere
 from .conftest import BUNDLE, TINY, check, run_bundle, write_json
 
 CENTRE = np.array([12.0, -18.0, 25.0])  # RAS, mm
@@ -162,7 +163,7 @@ def test_unreadable_files_of_an_unused_series_are_listed_in_the_report(pacs_stud
 
 
 def test_a_failed_dicom_seg_does_not_hide_the_written_nifti(sphere_study, tmp_path, monkeypatch):
-    import monai_iunet.data.dicom_seg as dicom_seg
+    import monai_iunet.dicom.seg as dicom_seg
 
     def broken(*args, **kwargs):
         raise ValueError("Source images must have a shared orientation.")
@@ -200,7 +201,7 @@ def pacs_study(tmp_path_factory) -> Path:
 
 def test_segment_command_on_a_pacs_study(trained, pacs_study, tmp_path):
     def segment(study: Path, output: Path):
-        command = [sys.executable, "-m", "monai_iunet.segment", str(study), "--output", str(output), "--ckpt",
+        command = [sys.executable, "-m", "monai_iunet.apps.brats.segment", str(study), "--output", str(output), "--ckpt",
                    str(trained / "models" / "model.pt"), "--config", str(tiny_network_config(tmp_path)), "--device",
                    "cpu", "--case", "A"]
         return subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -230,7 +231,7 @@ def test_segment_command_with_two_studies_in_the_folder_and_study_to_choose(trai
     shutil.copytree(pacs_study, folder / "A")
     case = make_case(np.random.default_rng(5), shape=(24, 24, 24), spacing=8.0)
     uids = write_pacs_study(case.images, case.affine, folder / "B", "B", seed=3)
-    command = [sys.executable, "-m", "monai_iunet.segment", str(folder), "--ckpt", str(trained / "models" / "model.pt"),
+    command = [sys.executable, "-m", "monai_iunet.apps.brats.segment", str(folder), "--ckpt", str(trained / "models" / "model.pt"),
                "--config", str(tiny_network_config(tmp_path)), "--device", "cpu", "--case", "cd"]
     result = subprocess.run(command + ["--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
     assert result.returncode == 1 and "holds 2 studies of 2 patient(s)" in result.stdout + result.stderr
@@ -241,7 +242,7 @@ def test_segment_command_with_two_studies_in_the_folder_and_study_to_choose(trai
 
 
 def test_segment_command_without_weights_says_what_to_do(pacs_study, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "monai_iunet.segment", str(pacs_study), "--output", str(tmp_path),
+    result = subprocess.run([sys.executable, "-m", "monai_iunet.apps.brats.segment", str(pacs_study), "--output", str(tmp_path),
                              "--ckpt", str(tmp_path / "none.pt")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "no trained weights" in result.stderr and "--ckpt" in result.stderr
 

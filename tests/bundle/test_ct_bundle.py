@@ -13,8 +13,8 @@ import torch
 from monai.bundle import ConfigParser
 from monai.metrics import PSNRMetric, SSIMMetric
 
-from monai_iunet.bundle import load_weights
-from monai_iunet.data.ct import write_ct_dataset
+from monai_iunet.apps.ct.simulation import write_ct_dataset
+from monai_iunet.networks import load_weights
 
 from .conftest import CT_BUNDLE, check, run_bundle, verify_and_export
 

@@ -1,5 +1,5 @@
 """Install like a user: the wheel, installed (not editable) into a fresh virtual environment, run from a folder with
-no checkout around, finds the BraTS bundle and its shipped weights, for ``python -m monai_iunet.segment`` and for
+no checkout around, finds the BraTS bundle and its shipped weights, for ``python -m monai_iunet.apps.brats.segment`` and for
 ``python -m monai.bundle run`` on the installed bundle's ``configs/inference.json``."""
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from monai_iunet.apps.brats.data.synthetic import make_case, write_pacs_study
 from monai_iunet.apps.brats.labels import MODALITIES
-from monai_iunet.data.dicom import write_pacs_study
-from monai_iunet.data.synthetic import make_case
 
 from .conftest import BUNDLE, ROOT, check
 
@@ -58,7 +57,7 @@ def test_segment_a_study_and_bundle_run_after_install(user_venv, tmp_path):
     case = make_case(np.random.default_rng(1), shape=(48, 48, 40), spacing=4.0)
     study = tmp_path / "EXPORT" / "STUDY"
     write_pacs_study(case.images, case.affine, study, "P1", seed=1)
-    output = _run(user_venv, ["-m", "monai_iunet.segment", str(study.parent), "--output", str(tmp_path / "out"),
+    output = _run(user_venv, ["-m", "monai_iunet.apps.brats.segment", str(study.parent), "--output", str(tmp_path / "out"),
                               "--device", "cpu", "--case", "P1", "--skull-strip", "false"], tmp_path)
     assert "case P1: ok" in output
     report = json.loads((tmp_path / "out" / "inference_report.json").read_text())

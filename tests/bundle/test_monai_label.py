@@ -22,9 +22,10 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose, SaveImaged
 
+from monai_iunet.apps.brats.data.studies import stack_modalities, write_studies
 from monai_iunet.apps.brats.labels import MODALITIES
-from monai_iunet.bundle import handlers_for_rank, load_weights
-from monai_iunet.data.studies import stack_modalities, write_studies
+from monai_iunet.bundle import handlers_for_rank
+from monai_iunet.networks import load_weights
 
 from .conftest import BUNDLE, ROOT, TINY, check, run_bundle, write_json
 

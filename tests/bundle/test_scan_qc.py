@@ -27,7 +27,7 @@ from monai_iunet.apps.brats.qc import (
 from monai_iunet.networks import IUNetFlow
 from monai_iunet.networks.flow import standard_normal_log_prob
 
-from ..data.test_dicom_clinical import DATA, REAL, needs_data
+from ..dicom.test_dicom_clinical import DATA, REAL, needs_data
 from .conftest import BUNDLE
 from .test_clinical import bundle_runner, sphere_study  # noqa: F401 (fixture)
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from monai_iunet.apps.brats.data.studies import stack_modalities
 from monai_iunet.apps.brats.labels import MODALITIES
-from monai_iunet.data.studies import stack_modalities
-from monai_iunet.evaluation import score_case
+from monai_iunet.apps.brats.metrics import score_case
 
 from .conftest import BUNDLE, ROOT, check, run_bundle, verify_and_export, write_json
 from .test_monai_label import monai_label_infer

@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from benchmarking import FLOWS, NETWORKS, build_network, reference_available, run_case
 from torch.utils.flop_counter import FlopCounterMode
-
-from monai_iunet.benchmarking import FLOWS, NETWORKS, build_network, reference_available, run_case
 
 
 def _forward_flops(net: torch.nn.Module, size: int) -> int:

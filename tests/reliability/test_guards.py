@@ -14,8 +14,8 @@ from monai.losses import DiceLoss
 from pydicom.data import get_testdata_file
 
 from monai_iunet import IUNet
+from monai_iunet.apps.brats.transforms import CaseError, LoadModalitiesd
 from monai_iunet.handlers import InversionDriftMonitor, NonFiniteGuard
-from monai_iunet.transforms import CaseError, LoadModalitiesd
 
 from ..conftest import perturb
 

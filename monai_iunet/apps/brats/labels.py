@@ -1,10 +1,13 @@
 """Every fact about BraTS data, once: the modalities in channel order, the file names of each release, the label
-values and the evaluation regions built from them."""
+values and the evaluation regions built from them, which DICOM series is which modality, and what the segments of a
+DICOM SEG are."""
 
 from __future__ import annotations
 
-__all__ = ["MODALITIES", "NAMING", "ET_LABEL", "NECROTIC_CORE", "EDEMA", "REGIONS", "label_values", "region_labels",
-           "release_of"]
+from ...dicom.selection import PRE_CONTRAST_TEXT
+
+__all__ = ["MODALITIES", "NAMING", "ET_LABEL", "NECROTIC_CORE", "EDEMA", "REGIONS", "SERIES_RULES", "label_values",
+           "region_labels", "release_of", "seg_segments"]
 
 # Channel order of the bundle's networks (and of a 4-channel input image).
 MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -41,3 +44,35 @@ def region_labels(et_label: int) -> dict[str, tuple[int, ...]]:
     """Which labels make up each region: tumour core, whole tumour, enhancing tumour."""
     release_of(et_label)
     return {"TC": (NECROTIC_CORE, et_label), "WT": (NECROTIC_CORE, EDEMA, et_label), "ET": (et_label,)}
+
+
+# Which series of a DICOM study is which modality (``dicom.selection``'s rules: words of SeriesDescription,
+# ProtocolName and SequenceName, and the contrast tag); a bundle's ``series_rules`` override them per modality.
+_T1 = r"\bt1|mp ?rage|spgr|bravo|\btfl|fl3d|fl2d|\bvibe|\bffe\b|\bse t1"
+_T2 = r"\bt2"
+_FLAIR = r"flair|dark ?fluid"
+_T2_STAR = r"t2 ?\*|t2 ?star|\bswi|\bgre\b|hemo|medic|\bswan"
+_DIFFUSION = r"dwi|\bdiff|\badc\b|\btrace|\bdti\b|\bep2d diff|\bb ?\d{3,4}\b"
+_PERFUSION = r"perf|\bdsc\b|\bdce\b|\basl\b"
+SERIES_RULES: dict[str, dict] = {
+    "t1": {"match": [_T1], "exclude": [_FLAIR, _T2, _DIFFUSION, _PERFUSION], "contrast": False},
+    "t1ce": {"match": [_T1], "exclude": [_FLAIR, _T2, _DIFFUSION, _PERFUSION, PRE_CONTRAST_TEXT], "contrast": True},
+    "t2": {"match": [_T2], "exclude": [_FLAIR, _T2_STAR, _DIFFUSION, _PERFUSION, _T1], "contrast": None},
+    "flair": {"match": [_FLAIR], "exclude": [_DIFFUSION, _PERFUSION, _T1 + r"(?! ?flair)"], "contrast": None},
+}
+
+
+def seg_segments(et_label: int) -> list:
+    """The segments of a DICOM SEG of a BraTS label map (``dicom.seg.Segment``): necrotic core, edema, enhancing
+    tumour, as SNOMED CT morphologies in the brain."""
+    from pydicom.sr.codedict import codes
+
+    from ...dicom.seg import Segment
+
+    release_of(et_label)
+    brain = codes.SCT.Brain
+    return [
+        Segment(NECROTIC_CORE, "Necrotic tumor core", codes.SCT.Necrosis, "NCR", anatomic_region=brain),
+        Segment(EDEMA, "Peritumoral edema", codes.SCT.Edema, "ED", anatomic_region=brain),
+        Segment(et_label, "Enhancing tumor", codes.SCT.Neoplasm, "ET", anatomic_region=brain),
+    ]

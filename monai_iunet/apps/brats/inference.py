@@ -1,0 +1,196 @@
+"""Batch inference for bundle configs: every case is tried, a bad case is reported and the others are still written."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from monai.data import MetaTensor
+from monai.transforms import SaveImage
+from tqdm import tqdm
+
+from .labels import seg_segments
+from .transforms import CaseError, case_name
+
+__all__ = ["BatchSegmentation", "case_name", "describe_error"]
+
+logger = logging.getLogger(__name__)
+
+
+def describe_error(error: BaseException) -> str:
+    """The informative part of an exception chain: MONAI's ``Compose`` wraps errors in "applying transform …", so
+    report the first ``CaseError`` in the chain (it names the case and file), else the innermost cause."""
+    chain = [error]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    chosen = next((e for e in chain if isinstance(e, CaseError)), chain[-1])
+    return f"{type(chosen).__name__}: {chosen}"
+
+
+class BatchSegmentation:
+    """Segment the cases of a datalist one by one; per case write a NIfTI label map on the reference modality's grid
+    and, when the reference is a DICOM series, a DICOM SEG of that series.
+
+    A case that fails is logged with its name and error and the others go on. After all cases a report is written
+    to ``<output_dir>/inference_report.json``: per case its ``status`` (``ok``, ``partial``: some outputs written,
+    or ``failed``), every output with its own status (``written`` with the path, ``failed`` with the error, or
+    ``skipped``), and for each modality the file or series it came from (for studies: which series and why). If any
+    output failed, ``RuntimeError`` is raised after the report is written, so the run's exit status says so.
+
+    Args:
+        cases: datalist items: ``{"image": [4 paths]}``, ``{"image": one 4-channel file}`` or ``{"study": folder}``,
+            each with an optional ``"case"`` name.
+        network: the network (weights loaded).
+        preprocessing: dict transform producing ``"image"`` (channel-first, no batch dimension) and, under
+            ``sources_key``, where each modality came from (``LoadModalitiesd(sources_key=...)``).
+        inferer: a MONAI inferer, e.g. ``SlidingWindowInferer``.
+        postprocessing: dict transform mapping ``"pred"`` to a one-channel label map on the input's original grid
+            (e.g. Activationsd, Invertd, AsDiscreted, BratsLabelsFromRegionsd).
+        output_dir: where outputs go.
+        device: device to run the network on.
+        et_label: label of enhancing tumour in the outputs (4 or 3), also used for the DICOM SEG segments.
+        dicom_seg: write a DICOM SEG when the reference modality is a DICOM series.
+        amp: run the network under autocast (bf16 on CPU, fp16 on CUDA).
+        sources_key: the key under which preprocessing records the modalities' sources.
+        brain_extraction_key: the key under which preprocessing records its brain extraction
+            (``SkullStripd(record_key=...)``); the record goes into the report as ``brain_extraction``.
+        brain_mask_key: the key of the brain mask (``SkullStripd(mask_key=...)``), written as
+            ``<case>_brain_mask.nii.gz`` on the reference grid when ``write_brain_mask``.
+        write_brain_mask: write the brain mask next to the segmentation when brain extraction ran.
+        qc_key: the key under which preprocessing puts its scan QC (``ScanQCd``); it goes into the report as ``qc``.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[dict],
+        network: torch.nn.Module,
+        preprocessing: Callable,
+        inferer: Callable,
+        postprocessing: Callable,
+        output_dir: str,
+        device: str | torch.device = "cpu",
+        et_label: int = 4,
+        dicom_seg: bool = True,
+        amp: bool = False,
+        sources_key: str = "image_sources",
+        brain_extraction_key: str = "brain_extraction",
+        brain_mask_key: str = "brain_mask",
+        write_brain_mask: bool = False,
+        qc_key: str = "qc",
+    ) -> None:
+        self.cases = list(cases)
+        self.network = network
+        self.preprocessing = preprocessing
+        self.inferer = inferer
+        self.postprocessing = postprocessing
+        self.output_dir = Path(output_dir)
+        self.device = torch.device(device)
+        self.et_label = et_label
+        self.dicom_seg = dicom_seg
+        self.amp = amp
+        self.sources_key = sources_key
+        self.brain_extraction_key = brain_extraction_key
+        self.brain_mask_key = brain_mask_key
+        self.write_brain_mask = write_brain_mask
+        self.qc_key = qc_key
+        self.savers = {
+            postfix: SaveImage(
+                output_dir=str(self.output_dir), output_postfix=postfix, output_ext=".nii.gz", separate_folder=False,
+                resample=False, output_dtype="uint8", print_log=False, savepath_in_metadict=True,
+            )
+            for postfix in ("seg", "brain_mask")
+        }
+
+    def run(self) -> dict:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.network.eval()
+        cases = {}
+        for item in tqdm(self.cases, desc="inference", unit="case"):
+            name = given = case_name(item)
+            copy = 1
+            while name in cases:  # equal names must not overwrite each other's outputs and report entries
+                copy += 1
+                name = f"{given}_{copy}"
+            cases[name] = entry = {"status": "failed", "inputs": {}, "outputs": {}}
+            if name != given:
+                entry["given_name"] = given
+                logger.warning("case name %s used before: this case's outputs are named %s", given, name)
+            try:
+                self._segment(name, item, entry)
+            except Exception as error:  # one bad case must not stop the others
+                entry["error"] = describe_error(error)
+            outputs = entry["outputs"].values()
+            written = [o for o in outputs if o["status"] == "written"]
+            failed = "error" in entry or any(o["status"] == "failed" for o in outputs)
+            entry["status"] = "partial" if failed and written else "failed" if failed else "ok"
+            for kind, output in entry["outputs"].items():
+                if output["status"] == "failed":
+                    logger.error("case %s: %s failed: %s", name, kind, output["error"])
+            if "error" in entry:
+                logger.error("case %s failed: %s", name, entry["error"])
+            logger.info("case %s: %s; wrote %s", name, entry["status"], ", ".join(o["path"] for o in written) or "nothing")
+        summary = {status: sorted(n for n, c in cases.items() if c["status"] == status)
+                   for status in ("ok", "partial", "failed")}
+        report = {"summary": summary, "cases": cases}
+        (self.output_dir / "inference_report.json").write_text(json.dumps(report, indent=2, default=str))
+        bad = summary["partial"] + summary["failed"]
+        if bad:
+            raise RuntimeError(
+                f"{len(bad)} of {len(cases)} case(s) have failed outputs ({', '.join(bad)}); everything else was "
+                f"written to {self.output_dir}. Details: {self.output_dir / 'inference_report.json'}"
+            )
+        return report
+
+    def _segment(self, name: str, item: dict, entry: dict) -> None:
+        data = self.preprocessing(dict(item))
+        sources = data.get(self.sources_key) or {}
+        reference_series = sources.get("reference_series")
+        entry["reference"] = sources.get("reference")
+        entry["inputs"] = {
+            m: {k: v for k, v in s.items() if k != "dicom_series"} for m, s in sources.get("modalities", {}).items()
+        }
+        if sources.get("unreadable"):  # series of the study not used because files of theirs cannot be read
+            entry["unreadable_files"] = sources["unreadable"]
+        for key, report_key in ((self.brain_extraction_key, "brain_extraction"), (self.qc_key, "qc")):
+            if key in data:
+                entry[report_key] = data[key]
+        image = data["image"].unsqueeze(0).to(self.device)
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp):
+            data["pred"] = self.inferer(image, self.network)[0].float().cpu()
+        data = self.postprocessing(data)
+        label: MetaTensor = data["pred"]
+        entry["outputs"]["nifti"] = {"status": "written", "path": self._save(label, name, "seg")}
+        if self.write_brain_mask:
+            mask = data.get(self.brain_mask_key)
+            entry["outputs"]["brain_mask"] = (
+                {"status": "written", "path": self._save(mask, name, "brain_mask")} if mask is not None else
+                {"status": "skipped", "reason": "no brain extraction ran: "
+                 + str((entry.get("brain_extraction") or {}).get("why", "SkullStripd is not in the preprocessing"))}
+            )
+        if not self.dicom_seg or reference_series is None:
+            why = "disabled (write_dicom_seg: false)" if not self.dicom_seg else "the reference image is not DICOM"
+            entry["outputs"]["dicom_seg"] = {"status": "skipped", "reason": why}
+            return
+        output = self.output_dir / f"{name}_seg.dcm"
+        try:
+            # highdicom only when a DICOM SEG is written: MONAI Label's environment pins pydicom<3, which it refuses.
+            from ...dicom.seg import write_dicom_seg
+
+            write_dicom_seg(label[0].numpy(), label.affine.numpy(), reference_series, output, seg_segments(self.et_label),
+                            model_name="IUNet BraTS segmentation", series_description="IUNet tumour segmentation")
+            entry["outputs"]["dicom_seg"] = {"status": "written", "path": str(output),
+                                             "source_series": reference_series.uid}
+        except Exception as error:  # the NIfTI is written; report the SEG's failure on its own
+            entry["outputs"]["dicom_seg"] = {"status": "failed", "error": describe_error(error),
+                                             "source_series": reference_series.uid}
+
+    def _save(self, image: MetaTensor, name: str, postfix: str) -> str:
+        """Write ``<name>_<postfix>.nii.gz``; the path is the one the writer reports."""
+        # SaveImage strips what looks like an extension from the name it is given (a UID's last component, the
+        # ".J" of "Doe.J"): give it the name with the extension it writes, so that only that comes off.
+        image.meta["filename_or_obj"] = f"{name}.nii.gz"
+        self.savers[postfix](image)
+        return str(image.meta["saved_to"])

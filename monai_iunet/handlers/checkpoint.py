@@ -1,0 +1,287 @@
+"""Checkpoints: resumable atomic training state, the best validated model, and a model before any validation."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.handlers import CheckpointLoader
+
+from .utils import is_main_process, unwrapped
+
+__all__ = ["ResumableCheckpoint", "BestModelSaver", "UnvalidatedModelSaver", "RandomStates", "GradScalerState", "save_atomically"]
+
+logger = logging.getLogger(__name__)
+
+
+def save_atomically(obj: dict, path: str | Path) -> None:
+    """``torch.save`` to a temporary file of its own in the same folder, flush it to disk, rename it over ``path`` and
+    flush the folder: a crash at any moment leaves either the old or the new checkpoint, never a truncated one, and
+    two writers never share a temporary file. The file gets the usual permissions (umask), like ``torch.save``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself reaches the disk
+    finally:
+        os.close(folder)
+
+
+def _randomizable_transforms(root) -> list:
+    """Every MONAI ``Randomizable`` reachable from ``root`` (a Compose and what its transforms hold), in a fixed
+    order, each once."""
+    from monai.transforms import Randomizable, Transform
+
+    found, seen, stack = [], set(), [root]
+    while stack:
+        obj = stack.pop()
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, Randomizable):
+            found.append(obj)
+        # a Compose's transforms, and transforms held by transforms (e.g. RandCropByPosNegLabeld's cropper)
+        children = [v for value in vars(obj).values() for v in (value if isinstance(value, (list, tuple)) else [value])
+                    if isinstance(v, Transform)]
+        stack.extend(reversed(children))
+    return found
+
+
+class RandomStates:
+    """The random-number state a training run continues from: PyTorch's (CPU and CUDA), NumPy's, Python's, and the
+    generators of the training data's random transforms, so that a resumed run draws the same shuffles and
+    augmentations as one that was never interrupted. ``state_dict`` holds only tensors and plain numbers
+    (``torch.load(weights_only=True)`` reads it)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _transforms(self) -> list:
+        loader = getattr(self.engine, "data_loader", None)
+        dataset = getattr(loader, "dataset", None)
+        return _randomizable_transforms(getattr(dataset, "transform", None))
+
+    def state_dict(self) -> dict:
+        def numpy_state(state) -> dict:
+            _, keys, pos, has_gauss, gauss = state
+            return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                    "gauss": float(gauss)}
+
+        version, internal, gauss = random.getstate()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": numpy_state(np.random.get_state()),
+            "python": {"version": version, "internal": list(internal), "gauss": gauss},
+            "transforms": [numpy_state(t.R.get_state()) for t in self._transforms()],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        def numpy_state(saved: dict) -> tuple:
+            return "MT19937", saved["keys"].numpy().astype(np.uint32), saved["pos"], saved["has_gauss"], saved["gauss"]
+
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        np.random.set_state(numpy_state(state["numpy"]))
+        random.setstate((state["python"]["version"], tuple(state["python"]["internal"]), state["python"]["gauss"]))
+        transforms = self._transforms()
+        if len(transforms) != len(state["transforms"]):
+            warnings.warn(f"the checkpoint holds the random state of {len(state['transforms'])} random transforms, "
+                          f"the training data now has {len(transforms)}: their augmentation streams start afresh.",
+                          stacklevel=2)
+            return
+        for transform, saved in zip(transforms, state["transforms"]):
+            transform.R.set_state(numpy_state(saved))
+
+
+class GradScalerState:
+    """The trainer's ``GradScaler`` (MONAI's ``SupervisedTrainer`` makes it when the run starts), as a checkpoint
+    entry: its scale and growth tracker, so that a resumed mixed-precision run does not start again at 2^16."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def state_dict(self) -> dict:
+        scaler = getattr(self.engine, "scaler", None)
+        return scaler.state_dict() if scaler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        scaler = getattr(self.engine, "scaler", None)
+        if state and scaler is not None and scaler.is_enabled():
+            scaler.load_state_dict(state)
+
+
+class ResumableCheckpoint:
+    """Keep ``<ckpt_dir>/<filename>`` up to date with everything needed to resume training, and resume from it.
+
+    Every ``interval`` epochs (or iterations with ``epoch_level=False``) the ``save_dict`` objects (network,
+    optimizer, LR scheduler, …), the trainer's state (epoch, iteration), its ``GradScaler`` and the random states
+    (:class:`RandomStates`) are written atomically; a network wrapped in ``DistributedDataParallel`` is saved
+    unwrapped. With ``resume=True`` they are loaded when the trainer starts (MONAI's ``CheckpointLoader``,
+    ``weights_only=True``), and training continues up to the configured number of epochs, drawing the same shuffles
+    and augmentations an uninterrupted run would have drawn. Checkpoints written before the scaler and random
+    states were saved still resume (with a warning that those start afresh).
+
+    Args:
+        ckpt_dir: folder of the checkpoint.
+        save_dict: objects with ``state_dict``/``load_state_dict``; the trainer is added under ``"trainer"``.
+        resume: load the checkpoint at start; a missing checkpoint is an error.
+        interval: save every this many epochs (or iterations).
+        epoch_level: count ``interval`` in epochs (True) or iterations (False).
+        filename: checkpoint file name.
+        map_location: ``torch.load`` map_location when resuming.
+        save: write checkpoints; default: only the main process (rank 0) of a distributed run, the others only
+            resume.
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str,
+        save_dict: dict,
+        resume: bool = False,
+        interval: int = 1,
+        epoch_level: bool = True,
+        filename: str = "last.pt",
+        map_location=None,
+        save: bool | None = None,
+    ) -> None:
+        if interval < 1:
+            raise ValueError(f"interval must be at least 1, got {interval}.")
+        self.path = Path(ckpt_dir) / filename
+        self.save_dict = dict(save_dict)
+        self.resume = resume
+        self.event = (Events.EPOCH_COMPLETED if epoch_level else Events.ITERATION_COMPLETED)(every=interval)
+        self.map_location = map_location
+        self.save = save
+
+    def attach(self, engine: Engine) -> None:
+        objects = {**{k: unwrapped(v) for k, v in self.save_dict.items()}, "trainer": engine,
+                   "grad_scaler": GradScalerState(engine), "random_states": RandomStates(engine)}
+        if self.resume:
+            if not self.path.is_file():
+                raise FileNotFoundError(
+                    f"resume=true but there is no checkpoint {self.path}; start without --resume or set ckpt_dir."
+                )
+            saved = set(torch.load(self.path, map_location="cpu", weights_only=True))
+            missing = [k for k in ("grad_scaler", "random_states") if k not in saved]
+            if missing:
+                warnings.warn(f"{self.path} was written without {' and '.join(missing)}: resuming without them "
+                              "(the augmentation stream and the gradient scale start afresh).", stacklevel=2)
+            loadable = {k: v for k, v in objects.items() if k not in missing}
+            CheckpointLoader(str(self.path), loadable, map_location=self.map_location).attach(engine)
+        if is_main_process() if self.save is None else self.save:
+            # Registered when the run starts, i.e. after every other handler, so that a checkpoint holds the state
+            # *after* this epoch's LR-scheduler step and validation.
+            engine.add_event_handler(Events.STARTED, self._register_saving, objects)
+
+    def _register_saving(self, engine: Engine, objects: dict) -> None:
+        if not engine.has_event_handler(self._save, Events.COMPLETED):
+            engine.add_event_handler(self.event, self._save, objects)
+            engine.add_event_handler(Events.COMPLETED, self._save, objects)
+
+    def _save(self, engine: Engine, objects: dict) -> None:
+        save_atomically({name: obj.state_dict() for name, obj in objects.items()}, self.path)
+
+
+class BestModelSaver:
+    """Attach to an evaluator: write the network's weights atomically to ``<ckpt_dir>/<filename>`` whenever the key
+    metric improves. Its ``state_dict`` (best value and epoch) goes into :class:`ResumableCheckpoint`, so a resumed
+    run does not overwrite the best model with a worse one.
+
+    Args:
+        ckpt_dir: output folder.
+        network: the network whose ``state_dict`` is saved (DDP's ``.module`` is unwrapped).
+        metric: name of the metric in ``engine.state.metrics`` (default: the evaluator's key metric).
+        filename: file name of the best model.
+        greater_is_better: direction of the metric.
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str,
+        network: torch.nn.Module,
+        metric: str | None = None,
+        filename: str = "model.pt",
+        greater_is_better: bool = True,
+    ) -> None:
+        self.path = Path(ckpt_dir) / filename
+        self.network = network
+        self.metric = metric
+        self.sign = 1.0 if greater_is_better else -1.0
+        self.best = float("-inf")
+        self.best_epoch = -1
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        name = self.metric or engine.state.key_metric_name
+        value = self.sign * float(engine.state.metrics[name])
+        if value > self.best:  # MONAI evaluators run with state.epoch = the trainer's epoch
+            self.best, self.best_epoch = value, engine.state.epoch
+            self.save()
+            logger.info("new best %s %.4f: saved %s", name, self.sign * value, self.path)
+
+    @property
+    def validated(self) -> bool:
+        """Whether a validation result has been recorded (then ``model.pt`` holds the best validated weights)."""
+        return self.best_epoch >= 0
+
+    def save(self) -> None:
+        """Write the network's current weights (DDP's ``.module`` unwrapped) atomically to ``path``."""
+        save_atomically(unwrapped(self.network).state_dict(), self.path)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
+
+
+class UnvalidatedModelSaver:
+    """Attach to the trainer: until validation has scored a model, keep ``saver``'s ``model.pt`` equal to the latest
+    weights after every epoch, so that a run without validation data (MONAI Label's fine-tuning with a validation
+    split of 0) or one shorter than the validation interval still leaves a model to serve. Once the
+    :class:`BestModelSaver` has a validation result, it alone writes ``model.pt``.
+
+    Args:
+        saver: the evaluator's :class:`BestModelSaver`.
+    """
+
+    def __init__(self, saver: BestModelSaver) -> None:
+        self.saver = saver
+        self._announced = False
+
+    def attach(self, engine: Engine) -> None:
+        # Registered when the run starts, after every other handler: validation of this epoch runs first.
+        engine.add_event_handler(Events.STARTED, self._register)
+
+    def _register(self, engine: Engine) -> None:
+        if not engine.has_event_handler(self, Events.EPOCH_COMPLETED):
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if self.saver.validated or not is_main_process():
+            return
+        self.saver.save()
+        if not self._announced:
+            logger.info("no validation result yet: %s holds the latest weights (epoch %d) until validation scores a "
+                        "model", self.saver.path, engine.state.epoch)
+            self._announced = True

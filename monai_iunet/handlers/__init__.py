@@ -4,6 +4,7 @@ inversion-drift monitor (``inversion_drift``). They talk to a network only throu
 (``state_dict``, ``reconstruction_error``)."""
 
 from .checkpoint import (
+    AtomicFileSaver,
     BestModelSaver,
     GradScalerState,
     RandomStates,
@@ -17,6 +18,7 @@ from .schedule import PolyLRSchedule
 from .utils import batch_cases, is_main_process, unwrapped
 
 __all__ = [
+    "AtomicFileSaver",
     "BestModelSaver",
     "GradScalerState",
     "InversionDriftMonitor",

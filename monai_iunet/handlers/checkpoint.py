@@ -5,42 +5,66 @@ from __future__ import annotations
 import logging
 import os
 import random
-import uuid
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader
 
 from .utils import is_main_process, unwrapped
 
-__all__ = ["ResumableCheckpoint", "BestModelSaver", "UnvalidatedModelSaver", "RandomStates", "GradScalerState", "save_atomically"]
+__all__ = ["ResumableCheckpoint", "BestModelSaver", "UnvalidatedModelSaver", "RandomStates", "GradScalerState",
+           "AtomicFileSaver", "save_atomically"]
 
 logger = logging.getLogger(__name__)
 
 
+class AtomicFileSaver(DiskSaver):
+    """Ignite's ``DiskSaver`` (atomic: a temporary file of its own, renamed over the checkpoint; written on rank 0
+    only) for a checkpoint kept under one file name and replaced in place. On top of Ignite's, the file reaches the
+    disk before the rename and the rename before the call returns (file and folder are fsynced), the file gets the
+    usual permissions (umask), like ``torch.save``, and the previous file is never deleted before its successor is
+    written (``Checkpoint`` asks to remove an older file of the same name first; here the rename replaces it).
+    A crash at any moment therefore leaves the old or the new checkpoint, never none or a truncated one.
+
+    Args:
+        dirname: folder of the checkpoint (created if missing).
+    """
+
+    def __init__(self, dirname: str | Path) -> None:
+        super().__init__(dirname, atomic=True, create_dir=True, require_empty=False)
+
+    def _save_func(self, checkpoint, path: Path, func) -> None:
+        def save_to_disk(obj, file, **kwargs) -> None:
+            func(obj, file, **kwargs)
+            file.flush()
+            os.fsync(file.fileno())
+
+        super()._save_func(checkpoint, path, save_to_disk)
+        os.chmod(path, 0o666 & ~_umask())
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)  # the rename itself reaches the disk
+        finally:
+            os.close(folder)
+
+    def remove(self, filename: str) -> None:
+        pass  # the one file is replaced by the next save, never deleted before it
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_atomically(obj: dict, path: str | Path) -> None:
-    """``torch.save`` to a temporary file of its own in the same folder, flush it to disk, rename it over ``path`` and
-    flush the folder: a crash at any moment leaves either the old or the new checkpoint, never a truncated one, and
-    two writers never share a temporary file. The file gets the usual permissions (umask), like ``torch.save``."""
+    """``torch.save`` ``obj`` to ``path`` through :class:`AtomicFileSaver` (on the main process)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # the rename itself reaches the disk
-    finally:
-        os.close(folder)
+    AtomicFileSaver(path.parent)(obj, path.name)
 
 
 def _randomizable_transforms(root) -> list:
@@ -131,10 +155,10 @@ class GradScalerState:
 class ResumableCheckpoint:
     """Keep ``<ckpt_dir>/<filename>`` up to date with everything needed to resume training, and resume from it.
 
-    Every ``interval`` epochs (or iterations with ``epoch_level=False``) the ``save_dict`` objects (network,
-    optimizer, LR scheduler, …), the trainer's state (epoch, iteration), its ``GradScaler`` and the random states
-    (:class:`RandomStates`) are written atomically; a network wrapped in ``DistributedDataParallel`` is saved
-    unwrapped. With ``resume=True`` they are loaded when the trainer starts (MONAI's ``CheckpointLoader``,
+    Every ``interval`` epochs (or iterations with ``epoch_level=False``) and when training ends, the ``save_dict``
+    objects (network, optimizer, LR scheduler, …), the trainer's state (epoch, iteration), its ``GradScaler`` and the
+    random states (:class:`RandomStates`) are written by Ignite's ``Checkpoint`` through :class:`AtomicFileSaver`:
+    atomically, on rank 0 only, a network wrapped in ``DistributedDataParallel`` saved unwrapped. With ``resume=True`` they are loaded when the trainer starts (MONAI's ``CheckpointLoader``,
     ``weights_only=True``), and training continues up to the configured number of epochs, drawing the same shuffles
     and augmentations an uninterrupted run would have drawn. Checkpoints written before the scaler and random
     states were saved still resume (with a warning that those start afresh).
@@ -147,8 +171,8 @@ class ResumableCheckpoint:
         epoch_level: count ``interval`` in epochs (True) or iterations (False).
         filename: checkpoint file name.
         map_location: ``torch.load`` map_location when resuming.
-        save: write checkpoints; default: only the main process (rank 0) of a distributed run, the others only
-            resume.
+        save: write checkpoints (the main process, rank 0, of a distributed run writes; the others only resume);
+            False: only resume.
     """
 
     def __init__(
@@ -160,7 +184,7 @@ class ResumableCheckpoint:
         epoch_level: bool = True,
         filename: str = "last.pt",
         map_location=None,
-        save: bool | None = None,
+        save: bool = True,
     ) -> None:
         if interval < 1:
             raise ValueError(f"interval must be at least 1, got {interval}.")
@@ -172,8 +196,8 @@ class ResumableCheckpoint:
         self.save = save
 
     def attach(self, engine: Engine) -> None:
-        objects = {**{k: unwrapped(v) for k, v in self.save_dict.items()}, "trainer": engine,
-                   "grad_scaler": GradScalerState(engine), "random_states": RandomStates(engine)}
+        objects = {**self.save_dict, "trainer": engine, "grad_scaler": GradScalerState(engine),
+                   "random_states": RandomStates(engine)}
         if self.resume:
             if not self.path.is_file():
                 raise FileNotFoundError(
@@ -186,28 +210,29 @@ class ResumableCheckpoint:
                               "(the augmentation stream and the gradient scale start afresh).", stacklevel=2)
             loadable = {k: v for k, v in objects.items() if k not in missing}
             CheckpointLoader(str(self.path), loadable, map_location=self.map_location).attach(engine)
-        if is_main_process() if self.save is None else self.save:
+        if self.save:
+            # ">=": the end of training saves again at the iteration of the last epoch's save
+            writer = Checkpoint(objects, AtomicFileSaver(self.path.parent), filename_pattern=self.path.name,
+                                n_saved=1, greater_or_equal=True)
             # Registered when the run starts, i.e. after every other handler, so that a checkpoint holds the state
             # *after* this epoch's LR-scheduler step and validation.
-            engine.add_event_handler(Events.STARTED, self._register_saving, objects)
+            engine.add_event_handler(Events.STARTED, self._register_saving, writer)
 
-    def _register_saving(self, engine: Engine, objects: dict) -> None:
-        if not engine.has_event_handler(self._save, Events.COMPLETED):
-            engine.add_event_handler(self.event, self._save, objects)
-            engine.add_event_handler(Events.COMPLETED, self._save, objects)
-
-    def _save(self, engine: Engine, objects: dict) -> None:
-        save_atomically({name: obj.state_dict() for name, obj in objects.items()}, self.path)
+    def _register_saving(self, engine: Engine, writer: Checkpoint) -> None:
+        if not engine.has_event_handler(writer, Events.COMPLETED):
+            engine.add_event_handler(self.event, writer)
+            engine.add_event_handler(Events.COMPLETED, writer)
 
 
 class BestModelSaver:
-    """Attach to an evaluator: write the network's weights atomically to ``<ckpt_dir>/<filename>`` whenever the key
-    metric improves. Its ``state_dict`` (best value and epoch) goes into :class:`ResumableCheckpoint`, so a resumed
-    run does not overwrite the best model with a worse one.
+    """Attach to an evaluator: write the network's weights to ``<ckpt_dir>/<filename>`` whenever the key metric
+    improves (Ignite's ``Checkpoint`` with the metric as its score, through :class:`AtomicFileSaver`: atomically, on
+    rank 0, DDP unwrapped). Its ``state_dict`` (best value and epoch) goes into :class:`ResumableCheckpoint`, so a
+    resumed run does not overwrite the best model with a worse one.
 
     Args:
         ckpt_dir: output folder.
-        network: the network whose ``state_dict`` is saved (DDP's ``.module`` is unwrapped).
+        network: the network whose ``state_dict`` is saved.
         metric: name of the metric in ``engine.state.metrics`` (default: the evaluator's key metric).
         filename: file name of the best model.
         greater_is_better: direction of the metric.
@@ -225,19 +250,32 @@ class BestModelSaver:
         self.network = network
         self.metric = metric
         self.sign = 1.0 if greater_is_better else -1.0
-        self.best = float("-inf")
         self.best_epoch = -1
+        self.saver = AtomicFileSaver(self.path.parent)
+        self.checkpoint = Checkpoint({"model": network}, self.saver, filename_pattern=filename, n_saved=1,
+                                     score_function=self._score)
+
+    def _metric_name(self, engine: Engine) -> str:
+        return self.metric or engine.state.key_metric_name
+
+    def _score(self, engine: Engine) -> float:
+        return self.sign * float(engine.state.metrics[self._metric_name(engine)])
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        name = self.metric or engine.state.key_metric_name
-        value = self.sign * float(engine.state.metrics[name])
-        if value > self.best:  # MONAI evaluators run with state.epoch = the trainer's epoch
-            self.best, self.best_epoch = value, engine.state.epoch
-            self.save()
-            logger.info("new best %s %.4f: saved %s", name, self.sign * value, self.path)
+        before = self.best
+        self.checkpoint(engine)  # saves when the score beats the best so far
+        if self.best > before:
+            self.best_epoch = engine.state.epoch  # MONAI evaluators run with state.epoch = the trainer's epoch
+            logger.info("new best %s %.4f: saved %s", self._metric_name(engine), self.sign * self.best, self.path)
+
+    @property
+    def best(self) -> float:
+        """The best score so far (the metric, negated when smaller is better); -inf before any validation."""
+        (saved,) = self.checkpoint.state_dict().values()  # [(priority, filename)]; its key differs across Ignite versions
+        return float(saved[0][0]) if saved else float("-inf")
 
     @property
     def validated(self) -> bool:
@@ -245,14 +283,17 @@ class BestModelSaver:
         return self.best_epoch >= 0
 
     def save(self) -> None:
-        """Write the network's current weights (DDP's ``.module`` unwrapped) atomically to ``path``."""
-        save_atomically(unwrapped(self.network).state_dict(), self.path)
+        """Write the network's current weights (DDP's ``.module`` unwrapped), whatever their score."""
+        self.saver(unwrapped(self.network).state_dict(), self.path.name)
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_epoch": self.best_epoch}
 
     def load_state_dict(self, state: dict) -> None:
-        self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
+        self.best_epoch = int(state["best_epoch"])
+        saved = [(float(state["best"]), self.path.name)] if self.best_epoch >= 0 else []
+        (key,) = self.checkpoint.state_dict()
+        self.checkpoint.load_state_dict({key: saved})
 
 
 class UnvalidatedModelSaver:

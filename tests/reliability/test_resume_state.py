@@ -10,10 +10,11 @@ import sys
 
 import pytest
 import torch
-from ignite.engine import Events
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
 from monai.bundle import ConfigParser
 
-from monai_iunet.handlers import save_atomically
+from monai_iunet.handlers import AtomicFileSaver, save_atomically
 
 from ..bundle.conftest import BUNDLE, TRAIN_TINY, check, run_bundle
 
@@ -91,7 +92,7 @@ def test_two_writers_never_share_a_temporary_file(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", lambda src, dst: (names.append(os.path.basename(src)), real_replace(src, dst)))
     save_atomically({"step": 1}, path)
     save_atomically({"step": 2}, path)
-    assert len(set(names)) == 2 and all(n.startswith(".last.pt.") and n.endswith(".tmp") for n in names)
+    assert len(set(names)) == 2 and "last.pt" not in names  # each write its own temporary file, renamed over it
     assert torch.load(path, weights_only=True) == {"step": 2} and os.listdir(tmp_path) == ["last.pt"]
     assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
 
@@ -100,3 +101,33 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    """Killed while writing, through save_atomically and through Ignite's Checkpoint (which asks its saver to
+    remove the previous file of the same name before writing the next): the previous checkpoint is intact."""
+    path = tmp_path / "last.pt"
+    save_atomically({"step": 1}, path)
+
+    def crash(obj, f):
+        f.write(b"partial")
+        raise KeyboardInterrupt  # killed while writing
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomically({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+
+    net = torch.nn.Linear(1, 1)
+    writer = Checkpoint({"model": net}, AtomicFileSaver(tmp_path), filename_pattern="model.pt", n_saved=1,
+                        greater_or_equal=True)
+    engine = Engine(lambda engine, batch: None)
+    engine.state.iteration = 1
+    writer(engine)
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        writer(engine)
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "model.pt", weights_only=True).keys() == net.state_dict().keys()
+    assert sorted(os.listdir(tmp_path)) == ["last.pt", "model.pt"]  # no temporary file left behind

@@ -7,7 +7,6 @@ import torch
 from monai.transforms import ConvertToMultiChannelBasedOnBratsClassesd, LoadImaged
 
 from monai_iunet.apps.brats.transforms import BratsLabelsFromRegionsd, CaseError, CheckBratsLabelsd, LoadModalitiesd
-from monai_iunet.handlers import save_atomically
 
 
 @pytest.mark.parametrize("et_label", [4, 3])
@@ -73,21 +72,6 @@ def test_a_list_of_files_lands_on_the_reference_modality_grid(tmp_path, referenc
     np.testing.assert_allclose(data["image"].affine.numpy(), grids[reference])
     assert data["image"].shape[1:] == (int(16 / grids[reference][0, 0]),) * 3
     assert data["sources"]["reference"] == reference
-
-
-def test_save_atomically_never_leaves_a_truncated_file(tmp_path, monkeypatch):
-    path = tmp_path / "last.pt"
-    save_atomically({"step": 1}, path)
-
-    def crash(obj, f):
-        f.write(b"partial")
-        raise KeyboardInterrupt  # killed while writing
-
-    monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(KeyboardInterrupt):
-        save_atomically({"step": 2}, path)
-    monkeypatch.undo()
-    assert torch.load(path, weights_only=True) == {"step": 1}
 
 
 @pytest.mark.parametrize("layout", ["xyzc", "xyz1c"])

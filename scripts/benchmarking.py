@@ -285,9 +285,11 @@ def run_inference_case(bundle, case_dir, out, model, configs=(), **overrides) ->
     RSS in MiB and the path of the label map written."""
     from pathlib import Path
 
+    from monai_iunet.apps.brats.labels import MODALITIES
+
     bundle, case_dir, out = Path(bundle), Path(case_dir).resolve(), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    images = [str(next(case_dir.glob(f"*_{m}.nii*"))) for m in ("t1", "t1ce", "t2", "flair")]
+    images = [str(next(case_dir.glob(f"*_{m}.nii*"))) for m in MODALITIES]
     datalist = out / "datalist.json"
     datalist.write_text(json.dumps({"testing": [{"image": images, "case": case_dir.name}]}))
     files = [str(bundle / "configs" / "inference.json"), *(str(c) for c in configs)]

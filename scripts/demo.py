@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 
 from monai_iunet.apps.brats.data.datalist import write_datalist  # noqa: E402
 from monai_iunet.apps.brats.data.synthetic import write_dataset, write_pacs_study  # noqa: E402
+from monai_iunet.apps.brats.labels import MODALITIES  # noqa: E402
 from monai_iunet.apps.brats.metrics import score_case  # noqa: E402
 from monai_iunet.bundle import run_bundle  # noqa: E402
 
@@ -76,7 +77,7 @@ def segment_study(case_dir: Path, study: Path, output: Path, ckpt: Path) -> None
 
     from monai_iunet.apps.brats.metrics import score_case
 
-    images = {m: nib.load(next(case_dir.glob(f"*_{m}.nii.gz"))) for m in ("t1", "t1ce", "t2", "flair")}
+    images = {m: nib.load(next(case_dir.glob(f"*_{m}.nii.gz"))) for m in MODALITIES}
     affine = images["t1"].affine
     write_pacs_study({m: np.asarray(img.dataobj, np.float32) for m, img in images.items()}, affine, study,
                      case_dir.name, seed=0)
@@ -112,7 +113,7 @@ def shipped_model_at_work(study: Path, out: Path) -> None:
         print("    The synthetic phantom shows the pipeline end to end (DICOM in, NIfTI and DICOM SEG out); it says "
               "nothing about accuracy on real brains (../shared/data is not here).")
         return
-    images = [str(next(case_dir.glob(f"*_{m}.nii.gz"))) for m in ("t1", "t1ce", "t2", "flair")]
+    images = [str(next(case_dir.glob(f"*_{m}.nii.gz"))) for m in MODALITIES]
     datalist = out / "datalist.json"
     out.mkdir(parents=True, exist_ok=True)
     datalist.write_text(json.dumps({"testing": [{"case": case, "image": images}]}))

@@ -22,7 +22,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
-from .transforms import BRATS_MODALITIES, CaseError, case_name
+from .labels import MODALITIES, T1_WEIGHTED
+from .transforms import CaseError, case_name
 
 __all__ = ["SkullStripd", "looks_skull_stripped", "extract_brain"]
 
@@ -95,7 +96,7 @@ class SkullStripd(MapTransform):
         keys: KeysCollection,
         mode: str | bool = "auto",
         modality: str = "t1ce",
-        modalities: Sequence[str] = BRATS_MODALITIES,
+        modalities: Sequence[str] = MODALITIES,
         brain_ml_range: Sequence[float] = (700.0, 2500.0),
         record_key: str = "brain_extraction",
         mask_key: str | None = None,
@@ -106,8 +107,8 @@ class SkullStripd(MapTransform):
         self.mode = {True: "true", False: "false"}.get(mode, str(mode).lower())
         if self.mode not in ("auto", "true", "false"):
             raise ValueError(f"skull_strip must be 'auto', 'true' or 'false', got {mode!r}.")
-        if modality not in ("t1", "t1ce"):
-            raise ValueError(f"brain extraction runs on a T1-weighted channel ('t1' or 't1ce'), got {modality!r}.")
+        if modality not in T1_WEIGHTED:
+            raise ValueError(f"brain extraction runs on a T1-weighted channel {T1_WEIGHTED}, got {modality!r}.")
         if modality not in modalities:
             raise ValueError(f"modality {modality!r} is not one of {list(modalities)}.")
         self.channel = list(modalities).index(modality)

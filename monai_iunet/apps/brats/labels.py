@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from ...dicom.selection import PRE_CONTRAST_TEXT
 
-__all__ = ["MODALITIES", "NAMING", "ET_LABEL", "NECROTIC_CORE", "EDEMA", "REGIONS", "SERIES_RULES", "label_values",
+__all__ = ["MODALITIES", "T1_WEIGHTED", "NAMING", "ET_LABEL", "NECROTIC_CORE", "EDEMA", "REGIONS", "SERIES_RULES", "label_values",
            "region_labels", "release_of", "seg_segments"]
 
-# Channel order of the bundle's networks (and of a 4-channel input image).
+# Channel order of the bundle's networks (and of a 4-channel input image); the T1-weighted ones (brain extraction).
 MODALITIES = ("t1", "t1ce", "t2", "flair")
+T1_WEIGHTED = ("t1", "t1ce")
 
 # File suffixes of each modality and of the label, per naming convention: BraTS 2018-2022 ("2020":
 # ``<case>_t1ce.nii.gz``) and BraTS 2023+ ("2023": ``<case>-t1c.nii.gz``).

@@ -25,8 +25,7 @@ from ...dicom.series import (
     index_dicom_files,
     read_series_volume,
 )
-from .labels import ET_LABEL, SERIES_RULES, label_values, release_of
-from .labels import MODALITIES as BRATS_MODALITIES
+from .labels import ET_LABEL, MODALITIES, SERIES_RULES, label_values, release_of
 from .registration import register_rigid
 
 __all__ = ["LoadModalitiesd", "BratsLabelsFromRegionsd", "CheckBratsLabelsd", "check_brats_labels", "Spacingd",
@@ -111,7 +110,7 @@ class LoadModalitiesd(MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
-        modalities: Sequence[str] = BRATS_MODALITIES,
+        modalities: Sequence[str] = MODALITIES,
         reader=None,
         atol: float = 1e-3,
         check_finite: bool = True,

@@ -6,8 +6,8 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from monai_iunet import handlers
 from monai_iunet.handlers import PolyLRSchedule
+from monai_iunet.handlers import schedule as schedule_module
 
 
 def _run(schedule: PolyLRSchedule, epochs: int, epoch_length: int, on_iteration=None) -> tuple[Engine, list[float]]:
@@ -39,7 +39,7 @@ def test_poly_decay_over_epochs():
 
 def test_time_budget_stops_training_and_drives_the_decay(monkeypatch):
     clock = [0.0]
-    monkeypatch.setattr(handlers.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(schedule_module.time, "perf_counter", lambda: clock[0])
 
     def tick(engine):  # every iteration takes 10 s of training time
         clock[0] += 10.0
@@ -53,7 +53,7 @@ def test_time_budget_stops_training_and_drives_the_decay(monkeypatch):
 
 def test_validation_time_does_not_count(monkeypatch):
     clock = [0.0]
-    monkeypatch.setattr(handlers.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(schedule_module.time, "perf_counter", lambda: clock[0])
     schedule = PolyLRSchedule(_optimizer(), max_epochs=3)
 
     def step(engine, batch):

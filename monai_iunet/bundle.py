@@ -14,8 +14,7 @@ from pathlib import Path
 
 from .networks.weights import load_weights  # earlier configs call it as monai_iunet.bundle.load_weights
 
-__all__ = ["BUNDLES", "bundle_path", "network_def", "handler", "load_weights",
-           "handlers_for_rank", "run_bundle"]
+__all__ = ["BUNDLES", "bundle_path", "network_def", "handler", "load_weights", "handlers_for_rank", "run_bundle"]
 
 BUNDLES = ("brats_iunet_segmentation", "ct_iunet_postprocessing")
 

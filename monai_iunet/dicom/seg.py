@@ -19,7 +19,7 @@ import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from .geometry import array_to_volume, ras_to_lps
+from .geometry import array_to_volume
 from .series import DicomSeries, SeriesError, index_dicom_files, read_series_volume
 
 __all__ = ["Segment", "write_dicom_seg", "reference_series"]
@@ -136,10 +136,9 @@ def write_dicom_seg(
     segment_numbers = np.zeros(np.shape(label), dtype=np.uint8)
     for number, segment in enumerate(segments, start=1):
         segment_numbers[np.asarray(label) == segment.value] = number
-    _check_same_grid(ras_to_lps(affine), segment_numbers.shape, reference)
-    label_volume = array_to_volume(segment_numbers, affine, reference.frame_of_reference_uid).match_geometry(
-        reference, tol=1e-3
-    )
+    label_volume = array_to_volume(segment_numbers, affine, reference.frame_of_reference_uid)
+    _check_same_grid(label_volume.affine, segment_numbers.shape, reference)
+    label_volume = label_volume.match_geometry(reference, tol=1e-3)
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name, version=software_version, family=codes.DCM.ArtificialIntelligence
     )

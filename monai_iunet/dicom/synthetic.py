@@ -17,6 +17,7 @@ from .geometry import ras_to_lps
 __all__ = ["SeriesSpec", "write_series", "write_dicom_series", "series_uid", "study_ids", "resample_volume",
            "grid_affine"]
 
+
 def _uid(*parts: str) -> str:
     return generate_uid(entropy_srcs=list(parts))  # deterministic for the same parts
 

@@ -179,8 +179,9 @@ class BatchSegmentation:
             # highdicom only when a DICOM SEG is written: MONAI Label's environment pins pydicom<3, which it refuses.
             from ...dicom.seg import write_dicom_seg
 
-            write_dicom_seg(label[0].numpy(), label.affine.numpy(), reference_series, output, seg_segments(self.et_label),
-                            model_name="IUNet BraTS segmentation", series_description="IUNet tumour segmentation")
+            write_dicom_seg(label[0].numpy(), label.affine.numpy(), reference_series, output,
+                            seg_segments(self.et_label), model_name="IUNet BraTS segmentation",
+                            series_description="IUNet tumour segmentation")
             entry["outputs"]["dicom_seg"] = {"status": "written", "path": str(output),
                                              "source_series": reference_series.uid}
         except Exception as error:  # the NIfTI is written; report the SEG's failure on its own

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from ...dicom.selection import PRE_CONTRAST_TEXT
 
-__all__ = ["MODALITIES", "T1_WEIGHTED", "NAMING", "ET_LABEL", "NECROTIC_CORE", "EDEMA", "REGIONS", "SERIES_RULES", "label_values",
-           "region_labels", "release_of", "seg_segments"]
+__all__ = ["MODALITIES", "T1_WEIGHTED", "NAMING", "ET_LABEL", "NECROTIC_CORE", "EDEMA", "REGIONS", "SERIES_RULES",
+           "label_values", "region_labels", "release_of", "seg_segments"]
 
 # Channel order of the bundle's networks (and of a 4-channel input image); the T1-weighted ones (brain extraction).
 MODALITIES = ("t1", "t1ce", "t2", "flair")

@@ -19,6 +19,7 @@ __all__ = ["RigidRegistration", "register_rigid"]
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class RigidRegistration:
     """``fixed_to_moving``: 4×4 map from fixed to moving world points (RAS, mm), as elastix estimates it."""

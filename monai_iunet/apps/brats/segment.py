@@ -96,7 +96,8 @@ def _print_report(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m monai_iunet.apps.brats.segment", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m monai_iunet.apps.brats.segment", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("study", type=Path, help="DICOM study folder")
     parser.add_argument("--output", type=Path, required=True, help="output folder")

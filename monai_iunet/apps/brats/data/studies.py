@@ -44,7 +44,7 @@ def stack_modalities(images: Sequence[str | Path], output: str | Path) -> Path:
 
 
 def write_studies(dataset_dir: str | Path, output: str | Path, labels: bool = True) -> list[Path]:
-    """One ``<case>.nii.gz`` per case of ``dataset_dir`` (see :func:`monai_iunet.apps.brats.data.datalist.find_cases`) in
+    """One ``<case>.nii.gz`` per case of ``dataset_dir`` (see :func:`.datalist.find_cases`) in
     ``output``, and with ``labels`` its segmentation as ``output/labels/final/<case>.nii.gz``. Returns the images."""
     dataset_dir, output = Path(dataset_dir), Path(output)
     written = []

@@ -12,7 +12,12 @@ from there (``et_label_of``).
 
 With ``--split`` a committed split file (``{"training": [case, ...], "testing": [case, ...]}``, e.g.
 ``configs/splits/brats_real_holdout.json``) fixes which cases train and which are held out: the held-out cases,
-with their labels, are both ``validation`` (monitoring only) and ``testing`` (``evaluate.json``).
+with their labels, are both ``validation`` (monitoring only) and ``testing`` (``evaluate.json``). A committed
+cross-validation file (``{"folds": [[case, ...], ...]}``, e.g. ``configs/splits/brats_real_folds.json``) with
+``--fold k`` holds out fold ``k`` and trains on the others.
+
+    python -m monai_iunet.apps.brats.data.datalist --dataset-dir ../shared/data \
+        --split configs/splits/brats_real_folds.json --fold 0 --output runs/fold0/datalist.json
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pathlib import Path
 
 from ..labels import ET_LABEL, MODALITIES, NAMING
 
-__all__ = ["find_cases", "make_datalist", "split_datalist", "write_datalist", "label_convention", "et_label_of"]
+__all__ = ["find_cases", "make_datalist", "fold_split", "split_datalist", "write_datalist", "label_convention", "et_label_of"]
 
 
 def _find(case_dir: Path, suffix: str) -> Path | None:
@@ -104,10 +109,27 @@ def make_datalist(dataset_dir: str | Path, val_fraction: float = 0.2, seed: int 
     return datalist
 
 
-def split_datalist(dataset_dir: str | Path, split: str | Path) -> dict[str, list[dict]]:
+def fold_split(split: dict, fold: int) -> dict[str, list[str]]:
+    """``{"training": ..., "testing": ...}`` of fold ``fold`` of a cross-validation split (``{"folds": [[case, ...],
+    ...]}``): the fold's cases are held out, the other folds' cases train."""
+    folds = split["folds"]
+    if not 0 <= fold < len(folds):
+        raise ValueError(f"fold {fold} does not exist: the split has {len(folds)} folds (0-{len(folds) - 1}).")
+    return {"training": sorted(c for k, cases in enumerate(folds) if k != fold for c in cases),
+            "testing": list(folds[fold])}
+
+
+def split_datalist(dataset_dir: str | Path, split: str | Path, fold: int | None = None) -> dict[str, list[dict]]:
     """The datalist of a committed split: its ``training`` cases train, its ``testing`` cases (labelled) are held
-    out. Every case the split names must be found under ``dataset_dir`` with its label."""
+    out; for a cross-validation split (``folds``), fold ``fold`` is held out. Every case the split names must be
+    found under ``dataset_dir`` with its label."""
     split = json.loads(Path(split).read_text())
+    if "folds" in split:
+        if fold is None:
+            raise ValueError("the split is a cross-validation split ('folds'): say which fold to hold out (--fold).")
+        split = fold_split(split, fold)
+    elif fold is not None:
+        raise ValueError("--fold needs a cross-validation split (a file with 'folds').")
     found = {c["case"]: c for c in find_cases(dataset_dir) if "label" in c}
     wanted = {part: list(split[part]) for part in ("training", "testing")}
     overlap = set(wanted["training"]) & set(wanted["testing"])
@@ -123,8 +145,8 @@ def split_datalist(dataset_dir: str | Path, split: str | Path) -> dict[str, list
 
 
 def write_datalist(dataset_dir: str | Path, output: str | Path, val_fraction: float = 0.2, seed: int = 0,
-                   split: str | Path | None = None) -> dict:
-    datalist = split_datalist(dataset_dir, split) if split else make_datalist(dataset_dir, val_fraction, seed)
+                   split: str | Path | None = None, fold: int | None = None) -> dict:
+    datalist = split_datalist(dataset_dir, split, fold) if split else make_datalist(dataset_dir, val_fraction, seed)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(json.dumps(datalist, indent=2))
     return datalist
@@ -136,9 +158,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", required=True)
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--split", help="a committed split file (training/testing case names) instead of a seeded split")
+    parser.add_argument("--split", help="a committed split file (training/testing case names, or cross-validation "
+                                        "folds) instead of a seeded split")
+    parser.add_argument("--fold", type=int, help="with a cross-validation split: the fold to hold out")
     args = parser.parse_args(argv)
-    datalist = write_datalist(args.dataset_dir, args.output, args.val_fraction, args.seed, args.split)
+    datalist = write_datalist(args.dataset_dir, args.output, args.val_fraction, args.seed, args.split, args.fold)
     convention = datalist["label_convention"]
     print(", ".join(f"{k}: {len(v)}" for k, v in datalist.items() if isinstance(v, list)),
           f"(BraTS {convention['naming']} names: et_label {convention['et_label']}) -> {args.output}")

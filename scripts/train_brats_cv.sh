@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Train the cross-validated BraTS models on the real cases: one run per fold of configs/splits/brats_real_folds.json
+# with the bundle's own configs/train.json (the shipped recipe), all folds at once, one CPU thread each, in the
+# background. MODEL=segresnet trains the side-by-side baseline (configs/bundles/brats_segresnet.json) instead.
+# Resumable: RESUME=True continues every fold from its last checkpoint (the poly schedule's clock included).
+# Usage: [MODEL=iunet] [FOLDS="0 1 2 3 4"] [RESUME=False] scripts/train_brats_cv.sh [DATA_DIR] [RUN_DIR] [-- --key value ...]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+data=$(cd "${1:-$root/../shared/data}" && pwd)
+model=${MODEL:-iunet}
+runs=$(mkdir -p "${2:-$root/runs/brats_cv/$model}" && cd "${2:-$root/runs/brats_cv/$model}" && pwd)
+shift $(( $# > 2 ? 2 : $# )); [ "${1:-}" = "--" ] && shift
+py=${PYTHON:-$root/.venv/bin/python}
+configs="'configs/train.json'"
+[ "$model" = segresnet ] && configs="$configs,'$root/configs/bundles/brats_segresnet.json'"
+for fold in ${FOLDS:-0 1 2 3 4}; do
+    dir="$runs/fold$fold"
+    mkdir -p "$dir"
+    "$py" -m monai_iunet.apps.brats.data.datalist --dataset-dir "$data" --split "$root/configs/splits/brats_real_folds.json" \
+        --fold "$fold" --output "$dir/datalist.json"
+    # what a model card names: the command, the commit (and whether the tree was clean), when it started
+    "$py" -c 'import json, sys, time; json.dump({"command": sys.argv[1], "commit": sys.argv[2], "dirty": sys.argv[3] != "", "started": time.time()}, open(sys.argv[4], "w"), indent=1)' \
+        "MODEL=$model FOLDS=$fold RESUME=${RESUME:-False} scripts/train_brats_cv.sh $* (configs [$configs])" "$(git -C "$root" rev-parse HEAD)" \
+        "$(git -C "$root" status --porcelain --untracked-files=no)" "$dir/provenance$([ "${RESUME:-False}" = True ] && echo _resumed).json"
+    (cd "$root/bundles/brats_iunet_segmentation" && OMP_NUM_THREADS=1 nohup "$py" -m monai.bundle run \
+        --config_file "[$configs]" --dataset_dir "$data" --data_list_file_path "$dir/datalist.json" \
+        --ckpt_dir "$dir/models" --output_dir "$dir/eval" --resume "${RESUME:-False}" "$@" \
+        >> "$dir/train.log" 2>&1 &)
+done
+echo "training in the background; logs: $runs/fold*/train.log"

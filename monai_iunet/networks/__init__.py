@@ -5,6 +5,7 @@ from .blocks import coupling_block, coupling_subnet
 from .flow import IUNetFlow
 from .invertible_unet import InvertibleUNet
 from .iunet import IUNet
+from .ensemble import MirrorEnsemble, ensemble_state_dict
 from .weights import load_weights
 
 __all__ = [
@@ -13,5 +14,7 @@ __all__ = [
     "InvertibleUNet",
     "IUNet",
     "IUNetFlow",
+    "MirrorEnsemble",
+    "ensemble_state_dict",
     "load_weights",
 ]

@@ -15,9 +15,10 @@ SCHEMA = ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"
 
 # A tiny network and 32³ volumes: every config runs end-to-end in seconds on CPU.
 TINY = {
-    "network_def#channels": 4,
-    "network_def#num_levels": 2,
-    "network_def#blocks_per_level": 1,
+    "_meta_#plans#network_def#channels": 4,
+    "_meta_#plans#network_def#num_levels": 2,
+    "_meta_#plans#network_def#blocks_per_level": 1,
+    "num_members": 1,  # inference.json: the one network train.json writes
     "roi_size": "[16,16,16]",
     "num_workers": 0,
     "amp": False,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -61,6 +62,15 @@ class BatchSegmentation:
             ``<case>_brain_mask.nii.gz`` on the reference grid when ``write_brain_mask``.
         write_brain_mask: write the brain mask next to the segmentation when brain extraction ran.
         qc_key: the key under which preprocessing puts its scan QC (``ScanQCd``); it goes into the report as ``qc``.
+        uncertainty: run the network's ``predict_with_uncertainty`` (``MirrorEnsemble``) instead of its forward, so
+            that the postprocessing gets the spreads of its passes (``CaseUncertaintyd``).
+        uncertainty_key: where the postprocessing puts the case's uncertainty; it goes into the report as
+            ``uncertainty``.
+        volumes_key: where the postprocessing puts the tumour volumes (``TumourVolumesd``); they go into the report
+            as ``volumes_ml``.
+        overview: also write ``<case>_overview.png`` (``overview.write_overview``: the reference modality in three
+            planes through the tumour with the region contours, the volumes, the QC and uncertainty verdicts).
+        overview_channel: the image channel the overview shows (the reference modality).
     """
 
     def __init__(
@@ -80,6 +90,11 @@ class BatchSegmentation:
         brain_mask_key: str = "brain_mask",
         write_brain_mask: bool = False,
         qc_key: str = "qc",
+        uncertainty: bool = False,
+        uncertainty_key: str = "uncertainty",
+        volumes_key: str = "volumes_ml",
+        overview: bool = False,
+        overview_channel: int = 1,
     ) -> None:
         self.cases = list(cases)
         self.network = network
@@ -96,6 +111,14 @@ class BatchSegmentation:
         self.brain_mask_key = brain_mask_key
         self.write_brain_mask = write_brain_mask
         self.qc_key = qc_key
+        self.uncertainty = uncertainty
+        self.uncertainty_key = uncertainty_key
+        self.volumes_key = volumes_key
+        self.overview = overview
+        self.overview_channel = overview_channel
+        if uncertainty and not callable(getattr(network, "predict_with_uncertainty", None)):
+            raise ValueError(f"uncertainty needs a network with predict_with_uncertainty (a MirrorEnsemble), got "
+                             f"{type(network).__name__}; set uncertainty false or wrap the network.")
         self.savers = {
             postfix: SaveImage(
                 output_dir=str(self.output_dir), output_postfix=postfix, output_ext=".nii.gz", separate_folder=False,
@@ -118,10 +141,12 @@ class BatchSegmentation:
             if name != given:
                 entry["given_name"] = given
                 logger.warning("case name %s used before: this case's outputs are named %s", given, name)
+            start = time.perf_counter()
             try:
                 self._segment(name, item, entry)
             except Exception as error:  # one bad case must not stop the others
                 entry["error"] = describe_error(error)
+            entry["seconds"] = round(time.perf_counter() - start, 2)
             outputs = entry["outputs"].values()
             written = [o for o in outputs if o["status"] == "written"]
             failed = "error" in entry or any(o["status"] == "failed" for o in outputs)
@@ -158,11 +183,23 @@ class BatchSegmentation:
             if key in data:
                 entry[report_key] = data[key]
         image = data["image"].unsqueeze(0).to(self.device)
+        network = self.network.predict_with_uncertainty if self.uncertainty else self.network
         with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp):
-            data["pred"] = self.inferer(image, self.network)[0].float().cpu()
+            output = self.inferer(image, network)
+        outputs = output if isinstance(output, Mapping) else {"pred": output}
+        data.update({key: value[0].float().cpu() for key, value in outputs.items()})
         data = self.postprocessing(data)
+        for key, report_key in ((self.uncertainty_key, "uncertainty"), (self.volumes_key, "volumes_ml")):
+            if key in data:
+                entry[report_key] = data[key]
         label: MetaTensor = data["pred"]
         entry["outputs"]["nifti"] = {"status": "written", "path": self._save(label, name, "seg")}
+        if self.overview:
+            from .overview import write_overview
+
+            path = self.output_dir / f"{name}_overview.png"
+            write_overview(data["image"], label, path, self.et_label, entry, self.overview_channel)
+            entry["outputs"]["overview"] = {"status": "written", "path": str(path)}
         if self.write_brain_mask:
             mask = data.get(self.brain_mask_key)
             entry["outputs"]["brain_mask"] = (

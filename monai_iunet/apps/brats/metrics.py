@@ -26,7 +26,7 @@ from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses, LoadImage
 
 from .labels import REGIONS
 
-__all__ = ["EMPTY_HD95", "score_case", "score_cases", "summarise"]
+__all__ = ["EMPTY_HD95", "score_case", "score_label_maps", "score_cases", "summarise"]
 
 EMPTY_HD95 = 373.12866
 
@@ -37,18 +37,26 @@ def _regions(label: torch.Tensor, et_label: int) -> torch.Tensor:
 
 
 def score_case(prediction: str | Path, label: str | Path, et_label: int = 4) -> dict[str, dict[str, float]]:
-    """``{region: {"dice": d, "hd95": mm}}`` of a predicted label map against the expert label (same grid)."""
+    """``{region: {"dice": d, "hd95": mm}}`` of a predicted label map file against the expert label file (same
+    grid)."""
     loader = LoadImage(image_only=True, ensure_channel_first=True)
     pred_image, true_image = loader(str(prediction)), loader(str(label))
-    if pred_image.shape != true_image.shape or not np.allclose(pred_image.affine, true_image.affine, atol=1e-3):
-        raise ValueError(f"prediction {prediction} {tuple(pred_image.shape[1:])} is not on the grid of the label "
-                         f"{label} {tuple(true_image.shape[1:])}.")
     from .transforms import check_brats_labels
 
     for image, file in ((pred_image, prediction), (true_image, label)):
         check_brats_labels(image, et_label, Path(str(label)).parent.name, str(file))
-    spacing = [float(s) for s in np.linalg.norm(np.asarray(true_image.affine)[:3, :3], axis=0)]
-    pred, true = _regions(pred_image.as_tensor(), et_label), _regions(true_image.as_tensor(), et_label)
+    return score_label_maps(pred_image, true_image, et_label, names=(str(prediction), str(label)))
+
+
+def score_label_maps(prediction, label, et_label: int = 4, names: tuple[str, str] = ("prediction", "label")
+                     ) -> dict[str, dict[str, float]]:
+    """``score_case`` of two label maps in memory (``MetaTensor`` (1, X, Y, Z) with their affines), e.g. a
+    prediction before it is written. ``names`` name them in the error raised when their grids differ."""
+    if prediction.shape != label.shape or not np.allclose(prediction.affine, label.affine, atol=1e-3):
+        raise ValueError(f"{names[0]} {tuple(prediction.shape[1:])} is not on the grid of {names[1]} "
+                         f"{tuple(label.shape[1:])}.")
+    spacing = [float(s) for s in np.linalg.norm(np.asarray(label.affine)[:3, :3], axis=0)]
+    pred, true = _regions(prediction.as_tensor(), et_label), _regions(label.as_tensor(), et_label)
     dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(pred, true)[0]
     hd95 = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(pred, true, spacing=spacing)[0]
     scores = {}

@@ -1,0 +1,79 @@
+"""Tumour volumes, nnU-Net's small-ET rule, the case uncertainty score and the overview picture."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from monai_iunet.apps.brats.overview import verdicts, write_overview
+from monai_iunet.apps.brats.postprocess import (
+    CaseUncertaintyd,
+    SuppressSmallEnhancingd,
+    TumourVolumesd,
+    tumour_volumes,
+    uncertainty_score,
+)
+
+
+def _label(et_label=4, spacing=(1.0, 1.5, 2.0)):
+    """A label map with known counts: 8 NCR, 27 ED, 64 ET voxels on an anisotropic grid."""
+    label = torch.zeros(1, 12, 12, 12, dtype=torch.uint8)
+    label[0, :3, :3, :3] = 2  # 27
+    label[0, 4:6, 4:6, 4:6] = 1  # 8
+    label[0, 7:11, 7:11, 7:11] = et_label  # 64
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = (-10, 20, 5)
+    return MetaTensor(label, affine=torch.as_tensor(affine))
+
+
+@pytest.mark.parametrize("et_label", [4, 3])
+def test_volumes_are_voxel_counts_times_voxel_volume(et_label):
+    voxel_ml = 1.0 * 1.5 * 2.0 / 1000
+    volumes = tumour_volumes(_label(et_label), et_label)
+    assert volumes == pytest.approx({"ET": 64 * voxel_ml, "NCR": 8 * voxel_ml, "ED": 27 * voxel_ml,
+                                     "TC": 72 * voxel_ml, "WT": 99 * voxel_ml}, abs=1e-3)
+    assert TumourVolumesd("pred", et_label)({"pred": _label(et_label)})["volumes_ml"] == volumes
+
+
+def test_small_enhancing_tumour_becomes_necrotic_core():
+    label = _label()  # 64 ET voxels of 3 µL: 0.192 mL
+    kept = SuppressSmallEnhancingd("pred", 4, min_volume_ml=0.19)({"pred": label})["pred"]
+    assert torch.equal(kept, label)
+    relabelled = SuppressSmallEnhancingd("pred", 4, min_volume_ml=0.2)({"pred": label})["pred"]
+    assert int((relabelled == 4).sum()) == 0 and int((relabelled == 1).sum()) == 72
+    assert torch.equal(relabelled.affine, label.affine)
+    assert int((label == 4).sum()) == 64  # the input is not changed in place
+    assert torch.equal(SuppressSmallEnhancingd("pred", 4, 0.0)({"pred": label})["pred"], label)
+    with pytest.raises(ValueError):
+        SuppressSmallEnhancingd("pred", 4, min_volume_ml=-1)
+
+
+def test_uncertainty_score_and_flag():
+    probabilities = torch.zeros(3, 8, 8, 8)
+    probabilities[:, 2:6, 2:6, 2:6] = 1.0  # 3 x 64 voxels of tumour
+    spread = torch.zeros_like(probabilities)
+    spread[1, 2:6, 2:6, 2] = 0.5  # 16 voxels disagree by 0.5
+    assert uncertainty_score(probabilities, spread) == pytest.approx(8 / 192)
+    assert uncertainty_score(torch.zeros(3, 4, 4, 4), torch.full((3, 4, 4, 4), 0.1)) == pytest.approx(19.2)
+    data = {"pred": probabilities, "mirror_spread": spread, "member_spread": 2 * spread}
+    out = CaseUncertaintyd("pred", threshold=0.04, passes=8)(data)
+    assert "mirror_spread" not in out and "member_spread" not in out
+    assert out["uncertainty"]["flagged"] and out["uncertainty"]["score"] == pytest.approx(8 / 192, abs=1e-5)
+    assert out["uncertainty"]["member_score"] == pytest.approx(16 / 192, abs=1e-5)
+    assert not CaseUncertaintyd("pred", threshold=0.05, passes=8)(data)["uncertainty"]["flagged"]
+    single = CaseUncertaintyd("pred", threshold=0.04, passes=1)(data)["uncertainty"]
+    assert single["score"] is None and not single["flagged"] and "mirroring" in single["why"]
+    assert "not measured" in verdicts({"uncertainty": single})[0]
+
+
+def test_overview_png(tmp_path):
+    label = _label()
+    image = MetaTensor(torch.rand(4, 12, 12, 12), affine=label.affine.clone())
+    entry = {"volumes_ml": tumour_volumes(label), "uncertainty": {"score": 0.2, "threshold": 0.1, "flagged": True},
+             "qc": {"score": 3.0, "flagged": False}}
+    path = write_overview(image, label, tmp_path / "case_overview.png", 4, entry)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = verdicts(entry)
+    assert "HIGH" in lines[1] and "looks like the training cases" in lines[0]

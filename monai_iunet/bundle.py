@@ -9,12 +9,12 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .networks.weights import load_weights  # earlier configs call it as monai_iunet.bundle.load_weights
 
-__all__ = ["BUNDLES", "bundle_path", "network_def", "handler", "load_weights", "handlers_for_rank", "run_bundle"]
+__all__ = ["BUNDLES", "bundle_path", "bundle_parser", "network_def", "handler", "load_weights", "handlers_for_rank", "run_bundle"]
 
 BUNDLES = ("brats_iunet_segmentation", "ct_iunet_postprocessing")
 
@@ -32,16 +32,37 @@ def bundle_path(name: str = "brats_iunet_segmentation") -> Path:
                             f"source checkout ({package.parent / 'bundles'}); reinstall monai-iunet.")
 
 
+def bundle_parser(configs: str | Path | Sequence[str | Path],
+                  meta_file: str | Path | Sequence[str | Path] | None = None):
+    """A MONAI ``ConfigParser`` of bundle config files (later files replace earlier keys) with the bundle's metadata
+    read under ``_meta_``, as ``monai.bundle run`` reads it: ``metadata.json`` next to the first file unless
+    ``meta_file`` is given (a list is merged in order, e.g. the bundle's metadata and a plans overlay such as
+    ``{"plans#pixdim": [3, 3, 3]}``). The bundles' configs take the model's facts from there
+    (``@_meta_#plans#...``)."""
+    from monai.bundle import ConfigParser
+
+    files = [str(configs)] if isinstance(configs, (str, Path)) else [str(c) for c in configs]
+    parser = ConfigParser()
+    parser.read_config(files)
+    if meta_file is None:
+        default = Path(files[0]).parent / "metadata.json"
+        meta_file = default if default.is_file() else None
+    if meta_file is not None:
+        parser.read_meta(str(meta_file) if isinstance(meta_file, (str, Path)) else [str(m) for m in meta_file])
+    return parser
+
+
 def network_def(config: str | Path | Mapping, instantiate: bool = True, **overrides):
     """The network a config describes, parsed by MONAI's ``ConfigParser`` as ``monai.bundle run`` parses it: a bundle
-    config or a preset (a file or a dict) with a ``network_def`` (its ``imports`` run, references and expressions
-    resolved), or a bare ``network_def`` (a dict with ``_target_``). ``overrides`` replace arguments of the network.
+    config (a file, read with its bundle's metadata: ``bundle_parser``) or a preset (a file or a dict) with a
+    ``network_def`` (its ``imports`` run, references, macros and expressions resolved), or a bare ``network_def`` (a
+    dict with ``_target_``). ``overrides`` replace arguments of the network.
     With ``instantiate=False``: the network's resolved arguments instead (``_target_`` and the other ``_`` keys left
     out), e.g. for the memory planner."""
     from monai.bundle import ConfigParser
 
     if not isinstance(config, Mapping):
-        config = ConfigParser.load_config_files(str(config))
+        config = bundle_parser(config).get()
     config = copy.deepcopy(dict(config))  # the parser writes overrides into the (nested) dicts it is given
     if "network_def" not in config:
         config = {"network_def": config}

@@ -20,16 +20,16 @@ import nibabel as nib
 import numpy as np
 from benchmarking import run_inference_case
 
+from monai_iunet.bundle import bundle_parser
+
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
 
 
 def seeded_weights(path: Path) -> None:
     import torch
-    from monai.bundle import ConfigParser
 
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser = bundle_parser(str(BUNDLE / "configs" / "inference.json"))
     torch.manual_seed(0)
     torch.save(parser.get_parsed_content("network_def").state_dict(), path)
 

@@ -28,7 +28,7 @@ from monai.transforms import LoadImage
 
 from monai_iunet.apps.brats.data.datalist import find_cases
 from monai_iunet.apps.brats.metrics import score_label_maps, summarise
-from monai_iunet.bundle import bundle_path
+from monai_iunet.bundle import bundle_parser, bundle_path
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = bundle_path("brats_iunet_segmentation")
@@ -47,9 +47,7 @@ SETTINGS = [  # name, window edge, overlap, blending, brain box first
 
 
 def parser_for(weights: Path | None = None) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
-    parser.read_meta(str(BUNDLE / "configs" / "metadata.json"))
+    parser = bundle_parser(str(BUNDLE / "configs" / "inference.json"))
     parser["bundle_root"] = str(BUNDLE)
     parser["scan_qc"] = False  # QC does not change the segmentation
     if weights is not None:
@@ -118,7 +116,7 @@ def main() -> None:
     out = {"weights": "bundles/brats_iunet_segmentation/models/model.pt (the first shipped model)",
            "cases": [c["case"] for c in cases], "threads": torch.get_num_threads(), "settings": table}
     Path(args.output).write_text(json.dumps(out, indent=1))
-    print(f"\n| setting | WT | TC | ET | worst WT | network s/case |\n|---|---:|---:|---:|---:|---:|")
+    print("\n| setting | WT | TC | ET | worst WT | network s/case |\n|---|---:|---:|---:|---:|---:|")
     for name, row in table.items():
         d = row["dice_mean"]
         print(f"| {name} | {d['WT']:.3f} | {d['TC']:.3f} | {d['ET']:.3f} | {row['worst_wt']:.3f} | {row['seconds_median']:.1f} |")

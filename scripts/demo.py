@@ -3,13 +3,14 @@
 → segment a PACS-like DICOM study with the one-command entry point → the shipped BraTS model at work.
 
 Everything runs through the real bundle with ``python -m monai.bundle run`` on CPU, with the small preset
-``configs/bundles/cpu_demo.json`` layered on the bundle's configs. Outputs go to ``runs/demo/``:
+``configs/bundles/cpu_demo.json`` layered on the bundle's configs and the demo model's facts
+(``configs/bundles/cpu_demo_plans.json``) merged over the bundle's metadata. Outputs go to ``runs/demo/``:
 ``models/`` (best ``model.pt`` and resumable ``resume/last.pt``), ``eval/`` (TensorBoard logs, metrics CSVs),
 ``pred_nifti/`` and ``pred_dicom/`` (label maps in the input space, a DICOM SEG), ``overlay.png``, and
 ``study/`` (a DICOM case as a PACS exports it: one flat folder, random file names, every modality on its own grid, a
 localizer, diffusion and ADC series) with its outputs in ``pred_study/``; ``shipped/``: the shipped model's output on
-a real held-out BraTS case (when ``../shared/data`` is there) or on the synthetic study (which says nothing about
-accuracy: the phantoms are not brains).
+a real BraTS case (when ``../shared/data`` is there: its volumes, uncertainty verdict and overview picture) or on
+the synthetic study (which says nothing about accuracy: the phantoms are not brains).
 
     python scripts/demo.py [--epochs 40] [--cases 16] [--output runs/demo]
 """
@@ -40,8 +41,10 @@ from monai_iunet.bundle import run_bundle  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
 PRESET = ROOT / "configs" / "bundles" / "cpu_demo.json"
+PLANS = ROOT / "configs" / "bundles" / "cpu_demo_plans.json"
+META = repr([str(BUNDLE / "configs" / "metadata.json"), str(PLANS)])  # the demo model's facts over the bundle's
 REAL_DATA = ROOT.parent / "shared" / "data"
-HELD_OUT = ROOT / "configs" / "splits" / "brats_real_holdout.json"
+FOLDS = ROOT / "configs" / "splits" / "brats_real_folds.json"
 
 
 def region_dice(eval_dir: Path) -> dict[str, float]:
@@ -82,7 +85,7 @@ def segment_study(case_dir: Path, study: Path, output: Path, ckpt: Path) -> None
     write_pacs_study({m: np.asarray(img.dataobj, np.float32) for m, img in images.items()}, affine, study,
                      case_dir.name, seed=0)
     command = [sys.executable, "-m", "monai_iunet.apps.brats.segment", str(study), "--output", str(output), "--ckpt", str(ckpt),
-               "--config", str(PRESET), "--case", case_dir.name]
+               "--config", str(PRESET), "--plans", str(PLANS), "--case", case_dir.name]
     print("\n$ " + " ".join(command[1:]), flush=True)
     subprocess.run(command, check=True)
     load = LoadImage(image_only=True, ensure_channel_first=True)
@@ -96,18 +99,22 @@ def segment_study(case_dir: Path, study: Path, output: Path, ckpt: Path) -> None
 
 
 def shipped_model_at_work(study: Path, out: Path) -> None:
-    """The shipped weights (``models/model.pt``) on a real held-out BraTS case when the real data is here, scored
-    against its expert label; otherwise on the synthetic study, said plainly to be no evidence of accuracy."""
+    """The shipped ensemble (``models/model.pt``) on a real BraTS case when the real data is here: its label map,
+    tumour volumes, uncertainty verdict and overview picture, and its Dice against the expert label (the case was a
+    training case of four of the five members: the out-of-fold numbers of the model card are the evidence of
+    accuracy, printed first). Otherwise on the synthetic study, said plainly to be no evidence of accuracy."""
+    from monai_iunet.apps.brats.segment import print_report
+
     metadata = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
     performance = metadata["performance"]
     print(f"6/6 the shipped model ({BUNDLE / 'models' / 'model.pt'}): {performance['trained_on']}", flush=True)
-    print("    held-out Dice (" + performance["held_out"]["cases"] + "): " + ", ".join(
-        f"{r} {performance['held_out']['dice_mean'][r]:.3f}" for r in ("WT", "TC", "ET")), flush=True)
-    case = json.loads(HELD_OUT.read_text())["testing"][0]
+    print("    out-of-fold Dice (each case scored by the member that never saw it): " + ", ".join(
+        f"{r} {performance['out_of_fold']['dice_mean'][r]:.3f}" for r in ("WT", "TC", "ET")), flush=True)
+    case = json.loads(FOLDS.read_text())["folds"][0][0]
     case_dir = next(iter(REAL_DATA.glob(f"*/{case}")), None)
     if case_dir is None:
-        command = [sys.executable, "-m", "monai_iunet.apps.brats.segment", str(study), "--output", str(out), "--case", "synthetic",
-                   "--skull-strip", "false"]  # a phantom: no anatomy for brain extraction
+        command = [sys.executable, "-m", "monai_iunet.apps.brats.segment", str(study), "--output", str(out),
+                   "--case", "synthetic", "--skull-strip", "false"]  # a phantom: no anatomy for brain extraction
         print("\n$ " + " ".join(command[1:]), flush=True)
         subprocess.run(command, check=True)
         print("    The synthetic phantom shows the pipeline end to end (DICOM in, NIfTI and DICOM SEG out); it says "
@@ -117,9 +124,11 @@ def shipped_model_at_work(study: Path, out: Path) -> None:
     datalist = out / "datalist.json"
     out.mkdir(parents=True, exist_ok=True)
     datalist.write_text(json.dumps({"testing": [{"case": case, "image": images}]}))
-    run_bundle(BUNDLE, ["configs/inference.json"], dataset_dir=out, data_list_file_path=datalist, output_dir=out)
+    run_bundle(BUNDLE, ["configs/inference.json"], dataset_dir=out, data_list_file_path=datalist, output_dir=out,
+               overview=True)
+    print_report(json.loads((out / "inference_report.json").read_text()))
     scores = score_case(out / f"{case}_seg.nii.gz", next(case_dir.glob("*_seg.nii.gz")))
-    print(f"    real held-out case {case} (never trained on): " + ", ".join(
+    print(f"    real case {case} (a training case of 4 of the 5 members): " + ", ".join(
         f"{r} Dice {scores[r]['dice']:.3f}" for r in ("WT", "TC", "ET")) + f" -> {out}")
 
 
@@ -140,7 +149,7 @@ def main() -> None:
     demo_list = {"testing": datalist["validation"][:1], "testing_dicom": datalist["testing_dicom"][:1]}
     (data / "demo_datalist.json").write_text(json.dumps(demo_list, indent=2))
 
-    common = dict(dataset_dir=data, ckpt_dir=out / "models", output_dir=out / "eval")
+    common = dict(dataset_dir=data, ckpt_dir=out / "models", output_dir=out / "eval", meta_file=META)
     train = ["configs/train.json", str(PRESET)]
     print("2/6 training (CPU, memory-efficient IUNet)", flush=True)
     run_bundle(BUNDLE, train, epochs=args.epochs, **common)
@@ -152,8 +161,7 @@ def main() -> None:
     inference = ["configs/inference.json", str(PRESET)]
     for key, folder in (("testing", "pred_nifti"), ("testing_dicom", "pred_dicom")):
         run_bundle(BUNDLE, inference, dataset_dir=data, data_list_file_path=data / "demo_datalist.json",
-                   data_list_key=key, ckpt_path=out / "models" / "model.pt", output_dir=out / folder,
-                   roi_size="[64,64,64]")
+                   data_list_key=key, ckpt_path=out / "models" / "model.pt", output_dir=out / folder, meta_file=META)
 
     case = demo_list["testing"][0]
     name = Path(case["label"]).parent.name

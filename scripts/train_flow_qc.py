@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from monai_iunet.apps.brats.labels import MODALITIES  # noqa: E402
 from monai_iunet.apps.brats.qc import QC_SHAPE, bits_per_dim, qc_levels, robust_threshold  # noqa: E402
+from monai_iunet.bundle import bundle_parser  # noqa: E402
 from monai_iunet.networks import IUNetFlow  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -54,13 +55,11 @@ def case_dirs() -> dict[str, Path]:
 
 def preprocessing(**overrides):
     """The bundle's inference pre-processing (inference.json), without the QC step itself."""
-    from monai.bundle import ConfigParser
     from monai.transforms import Compose
 
     from monai_iunet.apps.brats.qc import ScanQCd
 
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser = bundle_parser(str(BUNDLE / "configs" / "inference.json"))
     parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')", "scan_qc": False, **overrides})
     compose = parser.get_parsed_content("preprocessing")
     return Compose([t for t in compose.transforms if not isinstance(t, ScanQCd)])

@@ -16,6 +16,7 @@ import torch
 
 import monai_iunet
 from monai_iunet._moved import MOVED
+from monai_iunet.bundle import bundle_parser
 
 PACKAGE = Path(monai_iunet.__file__).resolve().parent
 ROOT = PACKAGE.parent
@@ -149,14 +150,12 @@ def test_old_config_targets_and_commands_still_work(tmp_path):
 def test_old_shipped_configs_load_old_checkpoints(tmp_path):
     """The shipped BraTS weights (trained before the move) load through the old ``monai_iunet.bundle.load_weights``
     path as well as the new one, strictly, into the bundle's network."""
-    from monai.bundle import ConfigParser
 
     from monai_iunet import bundle
     from monai_iunet.networks import load_weights
 
     folder = bundle.bundle_path("brats_iunet_segmentation")
-    parser = ConfigParser()
-    parser.read_config(str(folder / "configs" / "inference.json"))
+    parser = bundle_parser(str(folder / "configs" / "inference.json"))
     network = parser.get_parsed_content("network_def")
     state = torch.load(folder / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert bundle.load_weights is load_weights

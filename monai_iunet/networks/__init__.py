@@ -2,10 +2,10 @@
 ``load_weights`` for checkpoints written by the bundles."""
 
 from .blocks import coupling_block, coupling_subnet
+from .ensemble import MirrorEnsemble, ensemble_state_dict
 from .flow import IUNetFlow
 from .invertible_unet import InvertibleUNet
 from .iunet import IUNet
-from .ensemble import MirrorEnsemble, ensemble_state_dict
 from .weights import load_weights
 
 __all__ = [

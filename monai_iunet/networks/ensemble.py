@@ -18,8 +18,8 @@ from __future__ import annotations
 import copy
 import itertools
 from collections.abc import Sequence
-from typing import List
 from pathlib import Path
+from typing import List
 
 import torch
 from torch import nn

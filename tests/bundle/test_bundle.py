@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from monai_iunet import IUNet
+from monai_iunet.bundle import bundle_parser
 from monai_iunet.networks import load_weights
 
 from ..dicom.test_dicom_clinical import assert_dicom_valid
@@ -135,7 +136,7 @@ def _bundle_command(*args: str, bundle: Path = BUNDLE):
 def test_verify_net_in_out():
     out = _bundle_command("verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
                           "--config_file", "configs/inference.json", "--n", "1", "--any", "1", "--device", "cpu",
-                          "--network_def#channels", "4", "--network_def#num_levels", "2")
+                          "--_meta_#plans#network_def#channels", "4", "--_meta_#plans#network_def#num_levels", "2")
     assert out.returncode == 0 and "verified with no error" in out.stdout + out.stderr, out.stderr[-2000:]
 
 
@@ -143,8 +144,9 @@ def test_ckpt_export_without_tracing_matches_eager(trained, tmp_path):
     ts = tmp_path / "model.ts"
     out = _bundle_command("ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file",
                           str(trained / "models" / "model.pt"), "--meta_file", "configs/metadata.json",
-                          "--config_file", "configs/inference.json", "--network_def#channels", "4",
-                          "--network_def#num_levels", "2", "--network_def#blocks_per_level", "1")
+                          "--config_file", "configs/inference.json", "--num_members", "1", "--tta", "False",
+                          "--_meta_#plans#network_def#channels", "4", "--_meta_#plans#network_def#num_levels", "2",
+                          "--_meta_#plans#network_def#blocks_per_level", "1")
     assert out.returncode == 0, out.stderr[-2000:]
     exported = torch.jit.load(ts)
     eager = load_weights(IUNet(3, 4, 3, channels=4, num_levels=2, blocks_per_level=1, split_fraction=0.25),
@@ -181,7 +183,7 @@ def test_model_zoo_checker_steps(source, tmp_path):
     ``ckpt_export`` with ``bundle_root`` (weights made from the config, as the zoo's CI does)."""
     import json
 
-    from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
+    from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
 
     models = tmp_path / "models"
     bundle = models / source.name
@@ -189,8 +191,7 @@ def test_model_zoo_checker_steps(source, tmp_path):
     (models / "model_info.json").write_text("{}")
     (bundle / "eval").mkdir()
     shutil.copy(SCHEMA, bundle / "eval" / "schema.json")
-    parser = ConfigParser()
-    parser.read_config(bundle / "configs" / "inference.json")
+    parser = bundle_parser(bundle / "configs" / "inference.json")
     (bundle / "models").mkdir(exist_ok=True)
     torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
 
@@ -228,10 +229,8 @@ def test_per_region_dice_of_train_json_on_a_known_case():
     metrics against a prediction whose Dice per region is known: TC exact (1), WT half covered (2/3), ET missed (0).
     A swapped channel would change these numbers."""
     from ignite.engine import Engine
-    from monai.bundle import ConfigParser
 
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    parser = bundle_parser(str(BUNDLE / "configs" / "train.json"))
     parser.update({"bundle_root": str(BUNDLE)})
     label = torch.zeros(3, 4, 4, 4)
     label[0, :2], label[1, :], label[2, 0] = 1, 1, 1  # TC: half the volume, WT: all of it, ET: a quarter

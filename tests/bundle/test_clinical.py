@@ -14,10 +14,10 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from monai.bundle import ConfigParser
 
 from monai_iunet.apps.brats.data.synthetic import make_case, write_pacs_study
 from monai_iunet.apps.brats.inference import BatchSegmentation
+from monai_iunet.bundle import bundle_parser
 from monai_iunet.dicom.geometry import volume_to_metatensor
 from monai_iunet.dicom.series import index_dicom_files, read_series_volume
 from monai_iunet.dicom.synthetic import SeriesSpec, grid_affine, study_ids, write_series
@@ -65,8 +65,7 @@ def bundle_runner(study: Path | None, case: str, output: Path, cases: list[dict]
     """The bundle's own preprocessing, inferer, postprocessing and runner (inference.json) around
     ``BrightIsTumour``, on one study or on ``cases``; ``overrides`` set config ids (``skull_strip`` defaults to
     false: the synthetic studies are no heads)."""
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser = bundle_parser(str(BUNDLE / "configs" / "inference.json"))
     parser.update({"bundle_root": str(BUNDLE), "roi_size": [32, 32, 32], "device": "$torch.device('cpu')",
                    "skull_strip": False, "output_dir": str(output), "network": "$None", **overrides,
                    "test_datalist": cases or [{"study": str(study), "case": case}]})
@@ -182,13 +181,12 @@ def test_a_failed_dicom_seg_does_not_hide_the_written_nifti(sphere_study, tmp_pa
 
 def tiny_network_config(tmp_path: Path) -> Path:
     """A config file layered on inference.json for the tiny network the ``trained`` fixture trains."""
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
-    network = dict(parser.get("network_def"))
-    network.update(channels=TINY["network_def#channels"], num_levels=TINY["network_def#num_levels"],
-                   blocks_per_level=TINY["network_def#blocks_per_level"])
-    return write_json(tmp_path / "tiny.json", {"network_def": network, "roi_size": [32, 32, 32], "overlap": 0.0,
-                                               "skull_strip": TINY["skull_strip"]})
+    parser = bundle_parser(str(BUNDLE / "configs" / "inference.json"))
+    network = dict(parser.get("_meta_#plans#network_def"))
+    network.update({key.rsplit("#", 1)[1]: value for key, value in TINY.items() if key.startswith("_meta_#plans#")})
+    ensemble = {**parser.get("network_def"), "network": network}
+    return write_json(tmp_path / "tiny.json", {"network_def": ensemble, "num_members": 1, "roi_size": [32, 32, 32],
+                                               "overlap": 0.0, "skull_strip": TINY["skull_strip"]})
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
 from monai.metrics import PSNRMetric, SSIMMetric
 
 from monai_iunet.apps.ct.simulation import write_ct_dataset
+from monai_iunet.bundle import bundle_parser
 from monai_iunet.networks import load_weights
 
 from .conftest import CT_BUNDLE, check, run_bundle, verify_and_export
@@ -76,8 +76,7 @@ def test_verify_net_in_out_and_export_without_tracing(tmp_path):
 
 
 def shipped_network() -> torch.nn.Module:
-    parser = ConfigParser()
-    parser.read_config(str(CT_BUNDLE / "configs" / "inference.json"))
+    parser = bundle_parser(str(CT_BUNDLE / "configs" / "inference.json"))
     return load_weights(parser.get_parsed_content("network_def"), str(SHIPPED)).eval()
 
 

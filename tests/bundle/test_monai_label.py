@@ -19,12 +19,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
 from monai.transforms import Compose, SaveImaged
 
 from monai_iunet.apps.brats.data.studies import stack_modalities, write_studies
 from monai_iunet.apps.brats.labels import MODALITIES
-from monai_iunet.bundle import handlers_for_rank
+from monai_iunet.bundle import bundle_parser, handlers_for_rank
 from monai_iunet.networks import load_weights
 
 from .conftest import BUNDLE, ROOT, TINY, check, run_bundle, write_json
@@ -42,9 +41,7 @@ def monai_label_infer(image: Path, ckpt: Path, **overrides) -> dict:
     """What ``BundleInferTask`` does for one request: parse ``inference.json``, build ``network_def`` and load the
     weights, run the pre-transforms one by one, the inferer on the batched image, the post-transforms without
     ``SaveImaged``."""
-    parser = ConfigParser()
-    parser.read_config(BUNDLE / "configs" / "inference.json")
-    parser.read_meta(BUNDLE / "configs" / "metadata.json")
+    parser = bundle_parser(BUNDLE / "configs" / "inference.json")
     parser.update({"bundle_root": str(BUNDLE), "device": "cpu", **overrides})
     network = load_weights(parser.get_parsed_content("network_def"), str(ckpt)).eval()
 
@@ -119,8 +116,7 @@ monai.bundle.run(run_id="run", init_id=None, final_id=None, meta_file=args["meta
 
 def monai_label_train(app_bundle: Path, datalist: list[dict], overrides: dict, tmp_path: Path):
     """What ``BundleTrainTask`` does for a training request with ``val_split`` 0 and a pretrained ``model.pt``."""
-    parser = ConfigParser()
-    parser.read_config(app_bundle / "configs" / "train.json")
+    parser = bundle_parser(app_bundle / "configs" / "train.json")
     handlers = parser.get("train#handlers", [])
     assert all(isinstance(h, dict) for h in handlers)  # MONAI Label calls h.get("_target_") on every entry
     handlers.insert(0, {"_target_": "CheckpointLoader", "load_path": str(app_bundle / "models" / "model.pt"),
@@ -166,8 +162,7 @@ def test_distributed_handler_selection_survives_an_inserted_handler():
     from ignite.handlers import ProgressBar
     from monai.handlers import CheckpointLoader, LrScheduleHandler, StatsHandler, TensorBoardStatsHandler
 
-    parser = ConfigParser()
-    parser.read_config([BUNDLE / "configs" / "train.json", BUNDLE / "configs" / "multi_gpu_train.json"])
+    parser = bundle_parser([BUNDLE / "configs" / "train.json", BUNDLE / "configs" / "multi_gpu_train.json"])
     for key in parser.get():
         assert not key.startswith("train#handlers#"), key
     handlers = [CheckpointLoader("model.pt", {"model": torch.nn.Linear(1, 1)}), ProgressBar(), LrScheduleHandler(torch.optim.lr_scheduler.StepLR(
@@ -181,8 +176,7 @@ def test_a_tumour_free_crop_still_teaches(tmp_path):
     gradient (a Dice loss with ``smooth_nr=0`` is constant 1 there), and it must be smaller for a better guess."""
     from monai.losses import DiceLoss
 
-    parser = ConfigParser()
-    parser.read_config(BUNDLE / "configs" / "train.json")
+    parser = bundle_parser(BUNDLE / "configs" / "train.json")
     parser.update({**TINY, "device": "cpu"})
     loss_function, network = parser.get_parsed_content("loss"), parser.get_parsed_content("network_def")
     image, empty = torch.randn(1, 4, 16, 16, 16), torch.zeros(1, 3, 16, 16, 16)

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
 from monai_iunet.apps.brats.labels import MODALITIES
@@ -24,6 +23,7 @@ from monai_iunet.apps.brats.qc import (
     quantise,
     robust_threshold,
 )
+from monai_iunet.bundle import bundle_parser
 from monai_iunet.networks import IUNetFlow
 from monai_iunet.networks.flow import standard_normal_log_prob
 
@@ -109,8 +109,7 @@ def test_the_shipped_qc_flow_and_its_calibration():
     assert calibration["flagged_out_of_fold"] == sorted(c for c, s in calibration["out_of_fold_bits_per_dim"].items()
                                                         if s > saved["threshold"])
     assert len(calibration["commit"]) == 40 and calibration["training_s"] > 0
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser = bundle_parser(str(BUNDLE / "configs" / "inference.json"))
     parser.update({"bundle_root": str(BUNDLE)})
     assert parser.get_parsed_content("scan_qc") is True
     assert Path(parser.get_parsed_content("qc_weights")) == SHIPPED
@@ -120,8 +119,7 @@ def test_the_shipped_qc_flow_and_its_calibration():
 def test_the_shipped_qc_passes_a_real_brats_case_and_flags_a_raw_unstripped_head():
     """Through the bundle's own pre-processing: a real BraTS case scores inside the cross-validated range; a real
     raw head (the Siemens XA30 T1 as all four modalities, brain extraction off) is flagged."""
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser = bundle_parser(str(BUNDLE / "configs" / "inference.json"))
     parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')", "skull_strip": False})
     preprocessing = parser.get_parsed_content("preprocessing")
     case = DATA / "brats_real" / "Brats18_CBICA_AQR_1"

@@ -15,6 +15,7 @@ from pydicom.data import get_testdata_file
 
 from monai_iunet import IUNet
 from monai_iunet.apps.brats.transforms import CaseError, LoadModalitiesd
+from monai_iunet.bundle import bundle_parser
 from monai_iunet.handlers import InversionDriftMonitor, NonFiniteGuard
 
 from ..conftest import perturb
@@ -138,12 +139,10 @@ def test_best_model_saver_keeps_the_best_across_a_restart(tmp_path):
 
 @pytest.mark.parametrize("action", ["raise", "skip"])
 def test_bundle_non_finite_setting_reaches_loader_and_guard(action):
-    from monai.bundle import ConfigParser
 
     from ..bundle.conftest import BUNDLE
 
-    parser = ConfigParser()
-    parser.read_config(BUNDLE / "configs" / "train.json")
+    parser = bundle_parser(BUNDLE / "configs" / "train.json")
     parser["non_finite"] = action
     loader = parser.get_parsed_content("load_transforms#0")
     index = next(i for i, h in enumerate(parser["train#handlers"]) if h["_target_"].endswith("NonFiniteGuard"))

@@ -12,8 +12,8 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
-from monai.bundle import ConfigParser
 
+from monai_iunet.bundle import bundle_parser
 from monai_iunet.handlers import AtomicFileSaver, save_atomically
 
 from ..bundle.conftest import BUNDLE, TRAIN_TINY, check, run_bundle
@@ -26,8 +26,7 @@ CONFIG = {**{k: v for k, v in TRAIN_TINY.items() if not k.endswith("roi_size")},
 def _train(dataset, out, epochs: int, resume: bool = False, stop_after: int | None = None) -> list[float]:
     """train.json in this process as ``monai.bundle run`` runs it (initialize, then the trainer); the loss of every
     iteration. ``stop_after`` ends the run after that epoch, as a kill right after its checkpoint would."""
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    parser = bundle_parser(str(BUNDLE / "configs" / "train.json"))
     parser.update({**CONFIG, "bundle_root": str(out), "dataset_dir": str(dataset), "epochs": epochs,
                    "resume": resume, "device": "$torch.device('cpu')"})
     parser.get_parsed_content("initialize")

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from monai.data import MetaTensor
 from monai.transforms import Orientation, ResampleToMatch
 

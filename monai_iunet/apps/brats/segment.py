@@ -6,8 +6,12 @@ STUDY_DIR is a study as a PACS or CD export leaves it (any nesting and file name
 ``configs/inference.json`` picks a series per modality (T1, T1ce, T2, FLAIR) by its ``series_rules``, brings them
 onto the T1ce grid, skull-strips them unless they already are (deepbet on the T1ce; ``--skull-strip``) and writes
 ``OUT_DIR/<case>_seg.nii.gz``, ``OUT_DIR/<case>_seg.dcm`` (DICOM SEG of the T1ce series) and
-``OUT_DIR/inference_report.json``. The command prints the outputs, which series were used, the brain extraction and
-the scan QC (a typicality score: a warning, not a refusal; ``--no-qc``), and exits non-zero when an output failed.
+``OUT_DIR/inference_report.json``. The shipped model is an ensemble of five cross-validated IUNets with mirroring
+(``--no-tta``: one pass per member, faster, no uncertainty). The command prints the outputs, which series were used,
+the brain extraction, the scan QC (a typicality score: a warning, not a refusal; ``--no-qc``), the tumour volumes in
+mL and the uncertainty verdict (a likely failure is flagged: a warning, not a refusal), and exits non-zero when an
+output failed. ``--overview`` also writes ``OUT_DIR/<case>_overview.png``: the T1ce in three planes through the tumour
+with the region contours, volumes and verdicts.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["segment_study", "main"]
+__all__ = ["segment_study", "print_report", "main"]
+
+VOLUME_ORDER = ("WT", "TC", "ET", "NCR", "ED")
 
 def segment_study(
     study: str | Path,
@@ -29,15 +35,17 @@ def segment_study(
     case: str | None = None,
     pins: dict[str, str] | None = None,
     study_uid: str | None = None,
+    plans: list[str] | None = None,
     **overrides,
 ) -> tuple[dict, BaseException | None]:
     """Run the bundle's inference on one study folder; returns the report and the runner's error (None if every
-    output was written). ``configs`` are further config files layered on ``inference.json`` (e.g. a network
-    preset); ``overrides`` set top-level ids (``coregister=True``, ``reference_modality="t1"``, …)."""
+    output was written). ``configs`` are further config files layered on ``inference.json``; ``plans`` are
+    metadata overlays merged over the bundle's ``metadata.json`` (``plans#...`` keys: the facts of weights trained
+    with another network, grid or crop); ``overrides`` set top-level ids (``coregister=True``,
+    ``reference_modality="t1"``, …)."""
     import torch
-    from monai.bundle import ConfigParser
 
-    from ...bundle import bundle_path
+    from ...bundle import bundle_parser, bundle_path
 
     bundle = Path(bundle).resolve() if bundle else bundle_path("brats_iunet_segmentation")
     study, output = Path(study).resolve(), Path(output).resolve()
@@ -52,8 +60,8 @@ def segment_study(
         )
     item = {"study": str(study), **({"case": case} if case else {}), **({"series": pins} if pins else {}),
             **({"study_uid": study_uid} if study_uid else {})}
-    parser = ConfigParser()
-    parser.read_config([str(bundle / "configs" / "inference.json")] + [str(c) for c in configs or []])
+    parser = bundle_parser([str(bundle / "configs" / "inference.json")] + [str(c) for c in configs or []],
+                           meta_file=[bundle / "configs" / "metadata.json", *(plans or [])])
     parser.update({
         "bundle_root": str(bundle), "output_dir": str(output), "ckpt_path": str(ckpt), "test_datalist": [item],
         **({"device": f"$torch.device('{device}')"} if device else {}), **overrides,
@@ -69,7 +77,11 @@ def segment_study(
     return json.loads((output / "inference_report.json").read_text()), error
 
 
-def _print_report(report: dict) -> None:
+def print_report(report: dict) -> None:
+    """Print an ``inference_report.json`` in words: per case its inputs, outputs, brain extraction, scan QC, tumour
+    volumes and uncertainty verdict."""
+    from .overview import verdicts
+
     for name, case in report["cases"].items():
         print(f"case {name}: {case['status']}")
         for modality, source in case.get("inputs", {}).items():
@@ -90,6 +102,14 @@ def _print_report(report: dict) -> None:
             verdict = ("FLAGGED: unlike the BraTS training cases; check modalities, order and pre-processing"
                        if qc["flagged"] else "looks like the training cases")
             print(f"  scan QC: {qc['score']} {qc['units']} (threshold {qc['threshold']}): {verdict}")
+        volumes = case.get("volumes_ml")
+        if volumes:
+            print("  tumour volumes: " + ", ".join(f"{name} {volumes[name]:.1f} mL" for name in VOLUME_ORDER)
+                  + "  (WT whole tumour, TC tumour core, ET enhancing, NCR necrotic core, ED edema)")
+        uncertainty = case.get("uncertainty")
+        if uncertainty:
+            print("  " + next(line for line in verdicts(case) if line.startswith("Uncertainty")).replace(
+                "Uncertainty:", "uncertainty:", 1))
         if case.get("error"):
             print(f"  error: {case['error']}")
 
@@ -105,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
     parser.add_argument("--ckpt", type=Path, help="weights (default: <bundle>/models/model.pt)")
     parser.add_argument("--config", action="append", default=[], help="further config file layered on inference.json")
+    parser.add_argument("--plans", action="append", default=[],
+                        help="metadata overlay merged over the bundle's metadata.json (plans#... keys) for weights "
+                             "trained with another network, grid or crop")
     parser.add_argument("--case", help="case name for the outputs (default: the study folder's name)")
     parser.add_argument("--series", action="append", default=[], metavar="MODALITY=UID_OR_NUMBER",
                         help="pin a modality's series, e.g. --series t1ce=7")
@@ -117,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-brain-mask", action="store_true",
                         help="also write <case>_brain_mask.nii.gz when brain extraction ran")
     parser.add_argument("--no-qc", action="store_true", help="skip the scan QC (the flow's typicality score)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="mirroring test-time augmentation (8 passes per member; needed for the uncertainty "
+                             "score); default from the bundle: on")
+    parser.add_argument("--overview", action="store_true", help="also write <case>_overview.png")
     args = parser.parse_args(argv)
     pins = dict(pin.split("=", 1) for pin in args.series)
     overrides = {
@@ -124,14 +151,16 @@ def main(argv: list[str] | None = None) -> int:
         **({"skull_strip": args.skull_strip} if args.skull_strip else {}),
         **({"write_brain_mask": True} if args.write_brain_mask else {}),
         **({"scan_qc": False} if args.no_qc else {}),
+        **({"tta": args.tta} if args.tta is not None else {}),
+        **({"overview": True} if args.overview else {}),
     }
     try:
         report, error = segment_study(args.study, args.output, args.bundle, args.device, args.ckpt, args.config,
-                                      args.case, pins, args.study_uid, **overrides)
+                                      args.case, pins, args.study_uid, args.plans, **overrides)
     except FileNotFoundError as missing:
         print(f"error: {missing}", file=sys.stderr)
         return 2
-    _print_report(report)
+    print_report(report)
     print(f"report: {Path(args.output).resolve() / 'inference_report.json'}")
     if error is not None:
         print(f"error: {error}", file=sys.stderr)

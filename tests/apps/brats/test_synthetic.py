@@ -5,7 +5,6 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from monai.bundle import ConfigParser
 from monai.transforms import LoadImage
 
 from monai_iunet.apps.brats.data.datalist import main as datalist_main
@@ -13,6 +12,7 @@ from monai_iunet.apps.brats.data.datalist import make_datalist
 from monai_iunet.apps.brats.data.synthetic import make_case, write_dataset
 from monai_iunet.apps.brats.inference import describe_error
 from monai_iunet.apps.brats.labels import MODALITIES
+from monai_iunet.bundle import bundle_parser
 from monai_iunet.dicom.geometry import volume_to_metatensor
 from monai_iunet.dicom.series import index_dicom_files, read_series_volume
 
@@ -57,8 +57,7 @@ def test_training_takes_et_label_from_the_datalist_and_keeps_the_2023_enhancing_
     channel; with the default 4 they would be refused by the label check."""
     write_dataset(tmp_path, cases=2, shape=(24, 24, 24), naming="2023")
     datalist_main(["--dataset-dir", str(tmp_path), "--output", str(tmp_path / "datalist.json")])
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    parser = bundle_parser(str(BUNDLE / "configs" / "train.json"))
     parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(tmp_path), "device": "cpu"})
     assert parser.get_parsed_content("et_label") == 3
     item = parser.get_parsed_content("train_datalist")[0]

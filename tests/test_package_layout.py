@@ -160,4 +160,4 @@ def test_old_shipped_configs_load_old_checkpoints(tmp_path):
     state = torch.load(folder / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert bundle.load_weights is load_weights
     load_weights(network, str(folder / "models" / "model.pt"))
-    assert all(torch.equal(v, state[k]) for k, v in network.state_dict().items() if k in state)
+    assert all(torch.equal(v, state[k].to(v.dtype)) for k, v in network.state_dict().items() if k in state)

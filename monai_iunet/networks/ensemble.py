@@ -110,13 +110,17 @@ class MirrorEnsemble(nn.Module):
                 "member_spread": stacked.std(0, correction=0)}
 
 
-def ensemble_state_dict(paths: Sequence[str | Path], map_location="cpu") -> dict[str, torch.Tensor]:
+def ensemble_state_dict(paths: Sequence[str | Path], dtype: torch.dtype | None = None,
+                        map_location="cpu") -> dict[str, torch.Tensor]:
     """One ``MirrorEnsemble`` state dict from its members' checkpoints (each a network state dict, or a training
-    checkpoint with a ``"model"`` entry), member ``k`` from ``paths[k]``."""
+    checkpoint with a ``"model"`` entry), member ``k`` from ``paths[k]``. ``dtype`` (e.g. ``torch.float16``) stores
+    the floating-point tensors at that precision, to halve a shipped file: loading casts them back to the
+    network's own dtype."""
     state = {}
     for k, path in enumerate(paths):
         member = torch.load(path, map_location=map_location, weights_only=True)
         if isinstance(member.get("model"), dict):
             member = member["model"]
-        state.update({f"members.{k}.{name}": value for name, value in member.items()})
+        state.update({f"members.{k}.{name}": value.to(dtype) if dtype is not None and value.is_floating_point()
+                      else value for name, value in member.items()})
     return state

@@ -67,7 +67,8 @@ def bundle_runner(study: Path | None, case: str, output: Path, cases: list[dict]
     false: the synthetic studies are no heads)."""
     parser = bundle_parser(str(BUNDLE / "configs" / "inference.json"))
     parser.update({"bundle_root": str(BUNDLE), "roi_size": [32, 32, 32], "device": "$torch.device('cpu')",
-                   "skull_strip": False, "output_dir": str(output), "network": "$None", **overrides,
+                   "skull_strip": False, "output_dir": str(output), "network": "$None", "uncertainty": False,
+                   **overrides,
                    "test_datalist": cases or [{"study": str(study), "case": case}]})
     runner = parser.get_parsed_content("runner")
     runner.network = BrightIsTumour()
@@ -198,18 +199,24 @@ def pacs_study(tmp_path_factory) -> Path:
 
 
 def test_segment_command_on_a_pacs_study(trained, pacs_study, tmp_path):
-    def segment(study: Path, output: Path):
+    def segment(study: Path, output: Path, *options: str):
         command = [sys.executable, "-m", "monai_iunet.apps.brats.segment", str(study), "--output", str(output), "--ckpt",
                    str(trained / "models" / "model.pt"), "--config", str(tiny_network_config(tmp_path)), "--device",
-                   "cpu", "--case", "A"]
+                   "cpu", "--case", "A", *options]
         return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
-    output = check(segment(pacs_study.parent, tmp_path / "out"))  # a folder above the study is fine too
+    output = check(segment(pacs_study.parent, tmp_path / "out", "--overview"))  # a folder above the study is fine too
     for line in ("case A: ok", "t1ce   series #3 'AX T1 POST GAD'", "(reference grid)", "flair  series #5 'COR T2 FLAIR'",
-                 "ContrastBolusAgent 'Gadobutrol'", "nifti: written", "dicom_seg: written"):
+                 "ContrastBolusAgent 'Gadobutrol'", "nifti: written", "dicom_seg: written", "overview: written",
+                 "tumour volumes: WT ", "uncertainty: "):
         assert line in output, output[-3000:]
     report = json.loads((tmp_path / "out" / "inference_report.json").read_text())
     assert report["summary"] == {"ok": ["A"], "partial": [], "failed": []}
+    assert (tmp_path / "out" / "A_overview.png").read_bytes()[:4] == b"\x89PNG"
+    assert report["cases"]["A"]["uncertainty"]["passes"] == 8 and report["cases"]["A"]["volumes_ml"]["WT"] >= 0
+    # without mirroring: one pass, no uncertainty score, said in words
+    output = check(segment(pacs_study.parent, tmp_path / "no_tta", "--no-tta"))
+    assert "uncertainty: not measured: mirroring (tta) is off" in output, output[-2000:]
     assert report["cases"]["A"]["inputs"]["t2"]["resampled"] is True
     assert_dicom_valid(tmp_path / "out" / "A_seg.dcm")
     # a study without a FLAIR: the command fails, saying which series it saw

@@ -86,6 +86,13 @@ def test_state_dict_from_member_checkpoints(tmp_path):
         assert ensemble(x).shape == (1, 3, 8, 8, 8)
     with pytest.raises(ValueError, match="does not match"):
         load_weights(MirrorEnsemble(template, num_members=3), str(tmp_path / "model.pt"))
+    # stored at half precision: loaded back into fp32 parameters, outputs within fp16 rounding
+    torch.save(ensemble_state_dict([tmp_path / "fold0.pt", tmp_path / "fold1.pt"], torch.float16), tmp_path / "h.pt")
+    half = load_weights(MirrorEnsemble(template, num_members=2, mirror_axes=(0,)), str(tmp_path / "h.pt")).eval()
+    assert all(p.dtype == torch.float32 for p in half.parameters())
+    with torch.no_grad():
+        reference = ensemble(x)
+        assert ((half(x) - reference).norm() / reference.norm()).item() < 1e-2
     # what training writes (one network's state dict) loads into a one-member ensemble, and only there
     single = load_weights(MirrorEnsemble(template, num_members=1), str(tmp_path / "fold1.pt")).eval()
     with torch.no_grad():

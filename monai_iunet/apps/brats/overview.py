@@ -68,8 +68,9 @@ def write_overview(image: MetaTensor, label: MetaTensor, path: str | Path, et_la
     figure, axes = plt.subplots(1, 3, figsize=(12, 5.2), facecolor="black")
     for ax, (name, cut, (row, col)) in zip(axes, planes):
         # radiological convention for axial/coronal: patient right on the viewer's left (R increases to the left)
-        flip = name != "sagittal"
-        show = lambda a: np.flip(cut(a), 1) if flip else cut(a)  # noqa: E731
+        def show(a, cut=cut, flip=name != "sagittal"):
+            return np.flip(cut(a), 1) if flip else cut(a)
+
         ax.imshow(show(background), cmap="gray", vmin=low, vmax=high, origin="lower", aspect=row / col)
         for region, colour in CONTOURS:
             if show(masks[region]).any():

@@ -341,8 +341,11 @@ def write_markdown(results: dict, window: dict | None, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def ship(runs: list[Path], members: list[Path], results: dict) -> None:
-    torch.save(ensemble_state_dict(members, torch.float16), BUNDLE / "models" / "model.pt")  # half the size
+def ship(runs: list[Path], results: dict) -> None:
+    """The runs' final weights as one ensemble file (half precision: half the size), the choices and scores into
+    the metadata."""
+    finals = [run / "models" / "resume" / "last.pt" for run in runs]
+    torch.save(ensemble_state_dict(finals, torch.float16), BUNDLE / "models" / "model.pt")
     meta_path = BUNDLE / "configs" / "metadata.json"
     metadata = json.loads(meta_path.read_text())
     metadata["plans"]["et_min_volume_ml"] = results["et_threshold"]["chosen_ml"]
@@ -454,7 +457,7 @@ def main() -> None:
     plot_per_case(final, results["uncertainty"], DOCS / "brats_real_per_case.png")
     print(json.dumps({r: round(results["final"]["summary"][r]["dice_mean"], 4) for r in REGIONS}))
     if args.ship:
-        ship(runs, members, results)
+        ship(runs, results)
         print(f"shipped the {len(members)}-member ensemble as {BUNDLE / 'models' / 'model.pt'}")
 
 

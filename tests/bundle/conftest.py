@@ -19,6 +19,7 @@ TINY = {
     "_meta_#plans#network_def#num_levels": 2,
     "_meta_#plans#network_def#blocks_per_level": 1,
     "num_members": 1,  # inference.json: the one network train.json writes
+    "tta": False,  # one pass: 16³ windows over a whole phantom are many (tests that need mirroring ask for it)
     "roi_size": "[16,16,16]",
     "num_workers": 0,
     "amp": False,

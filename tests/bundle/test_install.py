@@ -58,7 +58,7 @@ def test_segment_a_study_and_bundle_run_after_install(user_venv, tmp_path):
     study = tmp_path / "EXPORT" / "STUDY"
     write_pacs_study(case.images, case.affine, study, "P1", seed=1)
     output = _run(user_venv, ["-m", "monai_iunet.apps.brats.segment", str(study.parent), "--output", str(tmp_path / "out"),
-                              "--device", "cpu", "--case", "P1", "--skull-strip", "false"], tmp_path)
+                              "--device", "cpu", "--case", "P1", "--skull-strip", "false", "--no-tta"], tmp_path)
     assert "case P1: ok" in output
     report = json.loads((tmp_path / "out" / "inference_report.json").read_text())
     assert report["cases"]["P1"]["outputs"]["dicom_seg"]["status"] == "written"
@@ -71,6 +71,7 @@ def test_segment_a_study_and_bundle_run_after_install(user_venv, tmp_path):
     datalist.write_text(json.dumps({"testing": [{"case": "P1", "image": [str(files[m]) for m in MODALITIES]}]}))
     _run(user_venv, ["-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json"),
                      "--bundle_root", str(bundle), "--data_list_file_path", str(datalist), "--dataset_dir",
-                     str(tmp_path), "--output_dir", str(tmp_path / "bundle_out"), "--skull_strip", "false"], tmp_path)
+                     str(tmp_path), "--output_dir", str(tmp_path / "bundle_out"), "--skull_strip", "false",
+                     "--tta", "False"], tmp_path)
     label = nib.load(tmp_path / "bundle_out" / "P1_seg.nii.gz")
     assert label.shape == case.images["t1"].shape and np.allclose(label.affine, case.affine)

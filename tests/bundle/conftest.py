@@ -28,11 +28,12 @@ TINY = {
 TRAIN_TINY = {**TINY, "val_roi_size": "[32,32,32]", "epochs": 1, "val_interval": 1, "cache_rate": 0}
 
 
-def run_bundle(configs: list[str], cwd: Path = BUNDLE, launcher: list[str] | None = None, **overrides):
+def run_bundle(configs: list[str], cwd: Path = BUNDLE, launcher: list[str] | None = None, timeout: float = 600,
+               **overrides):
     command = (launcher or [sys.executable]) + ["-m", "monai.bundle", "run", "--config_file", repr(configs)]
     for key, value in overrides.items():
         command += [f"--{key}", str(value)]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def verify_and_export(bundle: Path, weights: Path, torchscript: Path) -> torch.jit.ScriptModule:

@@ -129,18 +129,18 @@ class CaseUncertaintyd(MapTransform):
         d = dict(data)
         spread, member_spread = d.pop(self.spread_key, None), d.pop(self.member_spread_key, None)
         for key in self.key_iterator(d):
+            if self.passes <= 1:
+                d[self.output_key] = {"score": None, "flagged": False, "passes": self.passes,
+                                      "why": "not measured: mirroring (tta) is off, so there is one pass per member"}
+                continue
             if spread is None:
                 d[self.output_key] = {"score": None, "flagged": False,
                                       "why": "not measured: the network gave no spreads (not a MirrorEnsemble run "
                                              "with uncertainty)"}
                 continue
-            entry = {"score": None, "threshold": self.threshold, "flagged": False, "passes": self.passes,
-                     "member_score": round(uncertainty_score(d[key], member_spread), 5)
+            entry = {"score": round(uncertainty_score(d[key], spread), 5), "threshold": self.threshold,
+                     "passes": self.passes, "member_score": round(uncertainty_score(d[key], member_spread), 5)
                      if member_spread is not None else None}
-            if self.passes > 1:
-                entry["score"] = round(uncertainty_score(d[key], spread), 5)
-                entry["flagged"] = entry["score"] > self.threshold
-            else:
-                entry["why"] = "not measured: mirroring (tta) is off, so there is one pass per member"
+            entry["flagged"] = entry["score"] > self.threshold
             d[self.output_key] = entry
         return d

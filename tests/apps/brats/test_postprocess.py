@@ -66,6 +66,11 @@ def test_uncertainty_score_and_flag():
     single = CaseUncertaintyd("pred", threshold=0.04, passes=1)(data)["uncertainty"]
     assert single["score"] is None and not single["flagged"] and "mirroring" in single["why"]
     assert "not measured" in verdicts({"uncertainty": single})[0]
+    # mirroring off runs the plain forward: no spreads at all, and the reason is still the mirroring
+    plain = CaseUncertaintyd("pred", threshold=0.04, passes=1)({"pred": probabilities})["uncertainty"]
+    assert plain["score"] is None and "mirroring (tta) is off" in plain["why"]
+    missing = CaseUncertaintyd("pred", threshold=0.04, passes=8)({"pred": probabilities})["uncertainty"]
+    assert missing["score"] is None and "no spreads" in missing["why"]
 
 
 def test_overview_png(tmp_path):

@@ -6,10 +6,12 @@
 # Usage: [MODEL=iunet] [FOLDS="0 1 2 3 4"] [RESUME=False] scripts/train_brats_cv.sh [DATA_DIR] [RUN_DIR] [-- --key value ...]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-data=$(cd "${1:-$root/../shared/data}" && pwd)
 model=${MODEL:-iunet}
-runs=$(mkdir -p "${2:-$root/runs/brats_cv/$model}" && cd "${2:-$root/runs/brats_cv/$model}" && pwd)
-shift $(( $# > 2 ? 2 : $# )); [ "${1:-}" = "--" ] && shift
+positional=()
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do positional+=("$1"); shift; done
+[ "${1:-}" = "--" ] && shift
+data=$(cd "${positional[0]:-$root/../shared/data}" && pwd)
+runs=$(mkdir -p "${positional[1]:-$root/runs/brats_cv/$model}" && cd "${positional[1]:-$root/runs/brats_cv/$model}" && pwd)
 py=${PYTHON:-$root/.venv/bin/python}
 configs="'configs/train.json'"
 [ "$model" = segresnet ] && configs="$configs,'$root/configs/bundles/brats_segresnet.json'"

@@ -5,7 +5,6 @@ works as a dotted path. ``monai_iunet.engine`` and ``monai_iunet.layers`` work w
 networks build their coupling sub-networks with MONAI's layer factories and are exported when MONAI is present.
 """
 
-from . import _moved
 from .engine import SavedTensorBytes, run_memory_efficient
 from .layers import (
     ActNorm,
@@ -18,9 +17,7 @@ from .layers import (
     OrthogonalUpsampling,
 )
 
-__version__ = "0.1.0"
-
-_moved.install()  # module paths of earlier releases (monai_iunet.transforms, monai_iunet.data.*, …) keep working
+__version__ = "0.2.0"
 
 __all__ = [
     "ActNorm",

@@ -12,9 +12,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .networks.weights import load_weights  # earlier configs call it as monai_iunet.bundle.load_weights
-
-__all__ = ["BUNDLES", "bundle_path", "bundle_parser", "network_def", "handler", "load_weights", "handlers_for_rank", "run_bundle"]
+__all__ = ["BUNDLES", "bundle_path", "bundle_parser", "network_def", "handler", "handlers_for_rank", "run_bundle"]
 
 BUNDLES = ("brats_iunet_segmentation", "ct_iunet_postprocessing")
 

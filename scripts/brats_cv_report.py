@@ -4,8 +4,8 @@ made on the folds (test-time mirroring, the small-ET threshold, the uncertainty 
 
     python scripts/brats_cv_report.py [--runs runs/brats_cv/iunet] [--data ../shared/data] [--ship]
 
-1. each fold's final weights (``last.pt``'s ``model``: no checkpoint selection) as a one-member ``MirrorEnsemble``
-   file, ``<runs>/fold<k>/member.pt``;
+1. each fold's final weights (``last.pt``'s ``model``: no checkpoint selection; it loads into a one-member
+   ``MirrorEnsemble``); a fold trained in stages (``RESUME=True``) counts all its steps and wall time;
 2. the bundle's own ``inference.json`` (a fresh ``monai.bundle run`` per fold, ``--num_members 1``) on the fold's
    held-out cases, with mirroring off and on, small-ET rule off: NIfTI on each input's 1 mm grid, scored with
    ``monai_iunet.apps.brats.metrics`` (MONAI's Dice and HD95, BraTS conventions); every case is scored only by the
@@ -61,33 +61,53 @@ def folds(runs: Path) -> list[Path]:
     return found
 
 
-def final_member(run: Path) -> tuple[Path, int]:
-    """The fold's final weights as a one-member ensemble file, and the optimizer steps taken."""
+def final_weights(run: Path) -> tuple[Path, dict]:
+    """The fold's final checkpoint (its ``model`` loads into a one-member ensemble) and the trainer's state in it
+    (``iteration``: optimizer steps taken, ``epoch_length``)."""
     last = run / "models" / "resume" / "last.pt"
-    state = torch.load(last, map_location="cpu", weights_only=True)
-    path = run / "member.pt"
-    torch.save(ensemble_state_dict([last]), path)
-    return path, int(state["trainer"]["iteration"])
+    return last, dict(torch.load(last, map_location="cpu", weights_only=True)["trainer"])
 
 
-def training_log(run: Path) -> dict:
-    """Per-epoch training time and loss, and the validation Dice (monitoring only), from the run's TensorBoard."""
+def stages(run: Path) -> list[dict]:
+    """How the fold was trained: the provenance record of its first run and of each resumed one (``provenance*.json``)
+    with the trainer's wall time of the runs that started after it, from Ignite's "Engine run finished. Time taken"
+    lines in ``train.log`` (runs that stopped at once count too)."""
+    import datetime
+
+    finished = []  # (when it ended, seconds it took)
+    for line in (run / "train.log").read_text(errors="replace").splitlines():
+        if "SupervisedTrainer - INFO - Engine run finished. Time taken:" in line:
+            h, m, sec = line.rsplit(" ", 1)[1].split(":")
+            end = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            finished.append((end, int(h) * 3600 + int(m) * 60 + float(sec)))
+    records = sorted((json.loads(p.read_text()) for p in run.glob("provenance*.json")), key=lambda r: r["started"])
+    if not finished or not records:
+        raise RuntimeError(f"{run} has no provenance record or no finished training run in train.log.")
+    for record, following in zip(records, records[1:] + [{"started": float("inf")}]):
+        record["wall_time_s"] = round(sum(t for end, t in finished if record["started"] <= end < following["started"]))
+    return records
+
+
+def training_log(run: Path, epoch_length: int) -> dict:
+    """Per-epoch training time and loss, and the validation Dice (monitoring only), from the run's TensorBoard files
+    (a resumed run writes another; a step logged twice keeps its later value)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    scalars: dict[str, list] = {}
-    for file in sorted((run / "eval").glob("events.out.tfevents.*")):
+    scalars: dict[str, dict] = {}
+    for file in sorted((run / "eval").glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
         events = EventAccumulator(str(file), size_guidance={"scalars": 0})
         events.Reload()
         for tag in events.Tags()["scalars"]:
-            scalars.setdefault(tag, []).extend((e.step, e.value) for e in events.Scalars(tag))
-    time_at = dict(scalars["training_time"])
-    losses = np.array([v for _, v in sorted(scalars["train_loss"])])
-    epoch_length = len(losses) // max(1, len(time_at))
+            scalars.setdefault(tag, {}).update((e.step, e.value) for e in events.Scalars(tag))
+    time_at, losses = scalars["training_time"], scalars["train_loss"]
+    epoch_loss = []
+    for epoch in sorted(time_at):
+        values = [v for step, v in losses.items() if (epoch - 1) * epoch_length < step <= epoch * epoch_length]
+        if values:
+            epoch_loss.append((time_at[epoch], float(np.mean(values))))
     return {
-        "epochs": len(time_at), "training_time_s": round(max(time_at.values())),
-        "epoch_loss": [(time_at[e], float(losses[(e - 1) * epoch_length: e * epoch_length].mean()))
-                       for e in sorted(time_at) if e * epoch_length <= len(losses)],
-        "validation_wt": [(time_at[e], v) for e, v in sorted(scalars.get("val_wt_dice", [])) if e in time_at],
+        "epochs": max(time_at), "training_time_s": round(max(time_at.values())), "epoch_loss": epoch_loss,
+        "validation_wt": [(time_at[e], v) for e, v in sorted(scalars.get("val_wt_dice", {}).items()) if e in time_at],
     }
 
 
@@ -353,12 +373,12 @@ def ship(runs: list[Path], results: dict) -> None:
     summary = results["final"]["summary"]
     members_info = []
     for run in runs:
-        provenance = json.loads((run / "provenance.json").read_text())
         fold = results["folds"][run.name]
-        members_info.append({"fold": run.name, "held_out": fold["cases"], "command": provenance["command"],
-                             "commit": provenance["commit"], "dirty_tree": provenance["dirty"],
-                             "patch_size": metadata["plans"]["patch_size"], "steps": fold["steps"],
-                             "training_time_s": fold["training_time_s"], "wall_time_s": fold["wall_time_s"]})
+        members_info.append({"fold": run.name, "held_out": fold["cases"], "patch_size": metadata["plans"]["patch_size"],
+                             "steps": fold["steps"], "training_time_s": fold["training_time_s"],
+                             "wall_time_s": fold["wall_time_s"],
+                             "stages": [{"command": st["command"], "commit": st["commit"], "dirty_tree": st["dirty"],
+                                         "wall_time_s": st["wall_time_s"]} for st in fold["stages"]]})
     metadata["performance"] = {
         "trained_on": "30 real BraTS 2018 training cases (5-fold cross-validation, configs/splits/brats_real_folds.json)"
                       " at 2 mm, each fold on one CPU thread with the other folds running beside it",
@@ -390,17 +410,17 @@ def main() -> None:
     labels, fold_of, results = {}, {}, {"folds": {}}
     members = []
     for run in runs:
-        member, steps = final_member(run)
+        member, trainer = final_weights(run)
         members.append(member)
         cases = load_decathlon_datalist(str(run / "datalist.json"), data_list_key="testing", base_dir=str(data))
         labels.update({c["case"]: c["label"] for c in cases})
         fold_of.update({c["case"]: int(run.name[4:]) for c in cases})
-        log = training_log(run)
-        provenance = json.loads((run / "provenance.json").read_text())
+        log = training_log(run, trainer["epoch_length"])
+        history = stages(run)
         results["folds"][run.name] = {
-            "cases": [c["case"] for c in cases], "steps": steps, "training_time_s": log["training_time_s"],
-            "epochs": log["epochs"], "log": log,
-            "wall_time_s": round((run / "models" / "resume" / "last.pt").stat().st_mtime - provenance["started"])}
+            "cases": [c["case"] for c in cases], "steps": trainer["iteration"], "training_time_s": log["training_time_s"],
+            "epochs": log["epochs"], "log": log, "stages": history,
+            "wall_time_s": sum(stage["wall_time_s"] for stage in history)}
     jobs = [(run, member, setting) for setting in SETTINGS for run, member in zip(runs, members)]
     if args.reuse:  # the out-of-fold outputs of an earlier run of this script
         reports = [json.loads((run / "oof" / setting / "inference_report.json").read_text()) for run, _, setting in jobs]
@@ -443,13 +463,17 @@ def main() -> None:
     overview_case = sorted(final, key=lambda c: final[c]["WT"]["dice"])[len(final) // 2]
     results["overview_case"] = overview_case
     DOCS.mkdir(parents=True, exist_ok=True)
-    overview = predictions["tta_on"][overview_case].with_name(f"{overview_case}_overview.png")
+    fold_run = runs[fold_of[overview_case]]
+    one_case = fold_run / "overview" / "datalist.json"
+    one_case.parent.mkdir(exist_ok=True)
+    testing = json.loads((fold_run / "datalist.json").read_text())["testing"]
+    one_case.write_text(json.dumps({"testing": [c for c in testing if c["case"] == overview_case]}, indent=1))
     run_bundle(BUNDLE, [BUNDLE / "configs" / "inference.json"], log=args.runs / "overview.log", bundle_root=BUNDLE,
-               dataset_dir=data, data_list_file_path=runs[fold_of[overview_case]] / "datalist.json",
-               data_list_key="testing", ckpt_path=members[fold_of[overview_case]], num_members=1,
-               output_dir=overview.parent.parent / "overview", write_dicom_seg=False, overview=True,
-               et_min_volume_ml=chosen, uncertainty_threshold=results["uncertainty"]["threshold"])
-    shutil.copy(overview.parent.parent / "overview" / overview.name, DOCS / "brats_real_overview.png")
+               dataset_dir=data, data_list_file_path=one_case, data_list_key="testing",
+               ckpt_path=members[fold_of[overview_case]], num_members=1, output_dir=one_case.parent,
+               write_dicom_seg=False, overview=True, et_min_volume_ml=chosen,
+               uncertainty_threshold=results["uncertainty"]["threshold"])
+    shutil.copy(one_case.parent / f"{overview_case}_overview.png", DOCS / "brats_real_overview.png")
     (DOCS / "brats_real.json").write_text(json.dumps(results, indent=1, default=float))
     window = DOCS / "brats_window.json"
     write_markdown(results, json.loads(window.read_text()) if window.is_file() else None, DOCS / "brats_real.md")

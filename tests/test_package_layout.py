@@ -1,22 +1,12 @@
 """The package's layout: imports flow one way (layers/engine → networks → library → apps; nothing imports an
-application), the benchmark harness is not installed, and every module path of earlier releases still works."""
+application), and the benchmark harness is not installed."""
 
 from __future__ import annotations
 
 import ast
-import importlib
-import json
-import subprocess
-import sys
-import warnings
 from pathlib import Path
 
-import pytest
-import torch
-
 import monai_iunet
-from monai_iunet._moved import MOVED
-from monai_iunet.bundle import bundle_parser
 
 PACKAGE = Path(monai_iunet.__file__).resolve().parent
 ROOT = PACKAGE.parent
@@ -31,8 +21,7 @@ ALLOWED = {
     "planner": {"layers", "engine", "networks", "bundle"},  # bundle: network_def, parsed as a bundle run does
     "export": {"layers", "engine", "networks", "bundle"},
     "bundle": {"layers", "engine", "networks"},
-    "_moved": set(),
-    "": {"_moved", "layers", "engine", "networks"},  # monai_iunet/__init__.py
+    "": {"layers", "engine", "networks"},  # monai_iunet/__init__.py
     "apps": set(),
     "apps.brats": LIBRARY,
     "apps.ct": LIBRARY,
@@ -110,54 +99,3 @@ def test_the_check_sees_a_wrong_import(tmp_path):
 def test_benchmark_harness_is_not_in_the_package():
     assert not (PACKAGE / "benchmarking.py").exists()
     assert (ROOT / "scripts" / "benchmarking.py").is_file()
-
-
-@pytest.mark.parametrize("old, new", sorted(MOVED.items()))
-def test_old_module_paths_are_the_moved_modules(old, new):
-    with pytest.warns(DeprecationWarning, match=new):
-        moved = importlib.import_module(old) if old not in sys.modules else _reimport(old)
-    assert moved is importlib.import_module(new)
-
-
-def _reimport(name: str):
-    del sys.modules[name]
-    return importlib.import_module(name)
-
-
-def test_old_config_targets_and_commands_still_work(tmp_path):
-    from monai.bundle import ConfigParser
-
-    from monai_iunet.apps.brats.transforms import Spacingd
-
-    config = {"spacing": {"_target_": "monai_iunet.transforms.Spacingd", "keys": "image", "pixdim": 2.0},
-              "et": "$monai_iunet.data.datalist.et_label_of(@datalist)", "datalist": str(tmp_path / "d.json"),
-              "imports": ["$import monai_iunet", "$import monai_iunet.data.datalist"]}
-    (tmp_path / "d.json").write_text(json.dumps({"label_convention": {"naming": "2023", "et_label": 3}}))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        parser = ConfigParser(config)
-        parser.get_parsed_content("imports")  # as monai.bundle run does first
-        assert isinstance(parser.get_parsed_content("spacing"), Spacingd)
-        assert parser.get_parsed_content("et") == 3
-    for old, new in (("monai_iunet.segment", "monai_iunet.apps.brats.segment"),
-                     ("monai_iunet.data.ct", "monai_iunet.apps.ct.simulation")):
-        result = subprocess.run([sys.executable, "-m", old, "--help"], capture_output=True, text=True, cwd=tmp_path)
-        direct = subprocess.run([sys.executable, "-m", new, "--help"], capture_output=True, text=True, cwd=tmp_path)
-        assert result.returncode == 0, result.stderr
-        assert result.stdout == direct.stdout and "usage:" in result.stdout
-
-
-def test_old_shipped_configs_load_old_checkpoints(tmp_path):
-    """The shipped BraTS weights (trained before the move) load through the old ``monai_iunet.bundle.load_weights``
-    path as well as the new one, strictly, into the bundle's network."""
-
-    from monai_iunet import bundle
-    from monai_iunet.networks import load_weights
-
-    folder = bundle.bundle_path("brats_iunet_segmentation")
-    parser = bundle_parser(str(folder / "configs" / "inference.json"))
-    network = parser.get_parsed_content("network_def")
-    state = torch.load(folder / "models" / "model.pt", map_location="cpu", weights_only=True)
-    assert bundle.load_weights is load_weights
-    load_weights(network, str(folder / "models" / "model.pt"))
-    assert all(torch.equal(v, state[k].to(v.dtype)) for k, v in network.state_dict().items() if k in state)

@@ -160,8 +160,7 @@ class ResumableCheckpoint:
     random states (:class:`RandomStates`) are written by Ignite's ``Checkpoint`` through :class:`AtomicFileSaver`:
     atomically, on rank 0 only, a network wrapped in ``DistributedDataParallel`` saved unwrapped. With ``resume=True`` they are loaded when the trainer starts (MONAI's ``CheckpointLoader``,
     ``weights_only=True``), and training continues up to the configured number of epochs, drawing the same shuffles
-    and augmentations an uninterrupted run would have drawn. Checkpoints written before the scaler and random
-    states were saved still resume (with a warning that those start afresh).
+    and augmentations an uninterrupted run would have drawn.
 
     Args:
         ckpt_dir: folder of the checkpoint.
@@ -203,13 +202,7 @@ class ResumableCheckpoint:
                 raise FileNotFoundError(
                     f"resume=true but there is no checkpoint {self.path}; start without --resume or set ckpt_dir."
                 )
-            saved = set(torch.load(self.path, map_location="cpu", weights_only=True))
-            missing = [k for k in ("grad_scaler", "random_states") if k not in saved]
-            if missing:
-                warnings.warn(f"{self.path} was written without {' and '.join(missing)}: resuming without them "
-                              "(the augmentation stream and the gradient scale start afresh).", stacklevel=2)
-            loadable = {k: v for k, v in objects.items() if k not in missing}
-            CheckpointLoader(str(self.path), loadable, map_location=self.map_location).attach(engine)
+            CheckpointLoader(str(self.path), objects, map_location=self.map_location).attach(engine)
         if self.save:
             # ">=": the end of training saves again at the iteration of the last epoch's save
             writer = Checkpoint(objects, AtomicFileSaver(self.path.parent), filename_pattern=self.path.name,

@@ -2,7 +2,6 @@
 
 # No ``from __future__ import annotations`` here: TorchScript reads class-level annotations as types, not strings.
 
-import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -132,16 +131,6 @@ def _apply_markers(x: Tensor, skips: list[Tensor], markers: list[tuple[int, int]
         else:  # Concat
             x = torch.cat([skips.pop(), x], dim=1)
     return x
-
-
-def _rename_legacy_keys(renames: dict[str, str], module, state_dict, prefix, *args) -> None:
-    """Load-state-dict pre-hook: keys named as before the layers lived in ``steps`` get today's names."""
-    for key in [k for k in state_dict if k.startswith(prefix)]:
-        parts = key[len(prefix) :].split(".")
-        for old in (parts[0], ".".join(parts[:2])):
-            if old in renames:
-                state_dict[prefix + renames[old] + key[len(prefix) + len(old) :]] = state_dict.pop(key)
-                break
 
 
 class InvertibleUNet(InvertibleModule):
@@ -282,16 +271,6 @@ class InvertibleUNet(InvertibleModule):
                 self.markers.append([])
             else:
                 self.markers[-1].append((_MARKER_KINDS.index(type(step)), step.skip_channels))
-        # checkpoints saved before the program held the layers name them by kind and level
-        legacy_names = {"bottom": bottom}
-        for kind, layers in (
-            ("encoder", encoder), ("split_mixing", split_mixing), ("downsampling", downsampling),
-            ("upsampling", upsampling.values()), ("concat_mixing", concat_mixing.values()), ("decoder", decoder.values()),
-        ):
-            legacy_names.update({f"{kind}.{j}": layer for j, layer in enumerate(layers)})
-        index = {id(step): k for k, step in enumerate(self.steps)}
-        renames = {name: f"steps.{index[id(layer)]}" for name, layer in legacy_names.items()}
-        self.register_load_state_dict_pre_hook(functools.partial(_rename_legacy_keys, renames))
         self.channels_last = memory_format == "channels_last" and spatial_dims > 1
         if self.channels_last:
             weights_channels_last(self, spatial_dims)

@@ -20,7 +20,7 @@ def load_weights(network: torch.nn.Module, path: str, map_location=None) -> torc
     if "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     # tried on a copy first, so that a mismatch leaves the network as it was; load_state_dict (not a comparison of
-    # keys) so that the network's own load hooks (earlier parameter names) apply
+    # keys) so that the network's own load hooks apply (MirrorEnsemble takes a one-network checkpoint)
     try:
         result = copy.deepcopy(network).load_state_dict(state, strict=False)
         mis_shaped = ""

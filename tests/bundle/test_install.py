@@ -1,6 +1,6 @@
 """Install like a user: the wheel, installed (not editable) into a fresh virtual environment, run from a folder with
-no checkout around, finds the BraTS bundle and its shipped weights, for ``python -m monai_iunet.apps.brats.segment`` and for
-``python -m monai.bundle run`` on the installed bundle's ``configs/inference.json``."""
+no checkout around, finds the BraTS bundle and its shipped weights, for the ``monai-iunet-segment`` console script and
+for ``python -m monai.bundle run`` on the installed bundle's ``configs/inference.json``."""
 
 from __future__ import annotations
 
@@ -42,8 +42,10 @@ def user_venv(tmp_path_factory) -> Path:
     return python
 
 
-def _run(python: Path, args: list[str], cwd: Path) -> str:
-    return check(subprocess.run([str(python), *args], cwd=cwd, capture_output=True, text=True, timeout=1200))
+def _run(python: Path, args: list[str], cwd: Path, program: str | None = None) -> str:
+    """``python args`` in the virtual environment, or its console script ``program`` with ``args``."""
+    command = [str(python.parent / program) if program else str(python), *args]
+    return check(subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=1200))
 
 
 def test_installed_package_carries_the_bundle_and_weights(user_venv, tmp_path):
@@ -57,8 +59,8 @@ def test_segment_a_study_and_bundle_run_after_install(user_venv, tmp_path):
     case = make_case(np.random.default_rng(1), shape=(48, 48, 40), spacing=4.0)
     study = tmp_path / "EXPORT" / "STUDY"
     write_pacs_study(case.images, case.affine, study, "P1", seed=1)
-    output = _run(user_venv, ["-m", "monai_iunet.apps.brats.segment", str(study.parent), "--output", str(tmp_path / "out"),
-                              "--device", "cpu", "--case", "P1", "--skull-strip", "false", "--no-tta"], tmp_path)
+    output = _run(user_venv, [str(study.parent), "--output", str(tmp_path / "out"), "--device", "cpu", "--case", "P1",
+                              "--skull-strip", "false", "--no-tta"], tmp_path, program="monai-iunet-segment")
     assert "case P1: ok" in output
     report = json.loads((tmp_path / "out" / "inference_report.json").read_text())
     assert report["cases"]["P1"]["outputs"]["dicom_seg"]["status"] == "written"

@@ -149,29 +149,6 @@ def test_plan_is_the_topology_the_network_builds(kwargs):
     assert [list(s) for s in plan.level_strides] == core.level_strides
 
 
-def test_checkpoints_with_the_earlier_layer_names_load():
-    """Before the program held the layers (``steps``), they were named by kind and level; such checkpoints load."""
-    torch.manual_seed(0)
-    net = InvertibleUNet(3, 8, num_levels=3, blocks_per_level=1)
-    # program order: encoder 0, mixing 0, down 0, encoder 1, mixing 1, down 1, bottom, then the decoder from the
-    # deepest level up (the old decoder lists were in that execution order too)
-    old_names = ["encoder.0", "split_mixing.0", "downsampling.0", "encoder.1", "split_mixing.1", "downsampling.1",
-                 "bottom", "upsampling.0", "concat_mixing.0", "decoder.0", "upsampling.1", "concat_mixing.1",
-                 "decoder.1"]
-    legacy = {}
-    for key, value in net.state_dict().items():
-        _, k, rest = key.split(".", 2)
-        legacy[f"{old_names[int(k)]}.{rest}"] = value.clone()
-    assert "bottom.layers.0.f.0.weight" in legacy and "decoder.1.layers.0.g.0.bias" in legacy
-    torch.manual_seed(1)
-    other = InvertibleUNet(3, 8, num_levels=3, blocks_per_level=1)
-    assert other.load_state_dict(legacy).missing_keys == []
-    for (name, a), b in zip(net.state_dict().items(), other.state_dict().values()):
-        assert torch.equal(a, b), name
-    wrapped = torch.nn.Sequential(other)  # under a prefix too
-    assert wrapped.load_state_dict({f"0.{k}": v for k, v in legacy.items()}).unexpected_keys == []
-
-
 @pytest.mark.parametrize("num_levels", [1, 2, 3])
 def test_torchscript_runs_the_same_program(num_levels):
     torch.manual_seed(0)

@@ -50,15 +50,6 @@ def test_a_resumed_run_continues_the_augmentation_stream_of_an_uninterrupted_one
     assert {"grad_scaler", "random_states"} <= set(last)
 
 
-def test_checkpoints_of_an_older_version_still_resume(dataset, tmp_path):
-    _train(dataset, tmp_path, epochs=2, stop_after=1)
-    path = tmp_path / "models" / "resume" / "last.pt"
-    old = torch.load(path, weights_only=True)
-    save_atomically({k: v for k, v in old.items() if k not in ("grad_scaler", "random_states")}, path)
-    with pytest.warns(UserWarning, match="without grad_scaler and random_states"):
-        assert len(_train(dataset, tmp_path, epochs=2, resume=True)) == 3
-
-
 @pytest.mark.slow
 def test_a_distributed_run_resumes(dataset, tmp_path):
     """DDP on 2 CPU processes (gloo): train an epoch, then resume for a second; the checkpoint holds the network's

@@ -54,7 +54,7 @@ def write_overview(image: MetaTensor, label: MetaTensor, path: str | Path, et_la
 
     entry = entry or {}
     background = ResampleToMatch(mode="bilinear")(image[channel : channel + 1], label)
-    to_ras = Orientation(axcodes="RAS")
+    to_ras = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))
     background, label_ras = to_ras(background)[0].numpy(), to_ras(label)[0].numpy()
     spacing = np.linalg.norm(np.asarray(to_ras(label).affine)[:3, :3], axis=0)
     masks = {region: np.isin(label_ras, values) for region, values in region_labels(et_label).items()}

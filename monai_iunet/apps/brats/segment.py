@@ -1,6 +1,7 @@
 """Segment one DICOM study folder with the BraTS bundle: the command for a clinician's machine.
 
-    python -m monai_iunet.apps.brats.segment STUDY_DIR --output OUT_DIR [--bundle DIR] [--device cpu|cuda]
+    monai-iunet-segment STUDY_DIR --output OUT_DIR [--bundle DIR] [--device cpu|cuda]
+    python -m monai_iunet.apps.brats.segment ...     # the same
 
 STUDY_DIR is a study as a PACS or CD export leaves it (any nesting and file names, DICOMDIR or not). The bundle's
 ``configs/inference.json`` picks a series per modality (T1, T1ce, T2, FLAIR) by its ``series_rules``, brings them
@@ -116,7 +117,7 @@ def print_report(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m monai_iunet.apps.brats.segment", description=__doc__,
+        prog="monai-iunet-segment", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("study", type=Path, help="DICOM study folder")

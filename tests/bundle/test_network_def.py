@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 
-from monai_iunet import IUNet
-from monai_iunet.bundle import network_def
+import pytest
+
+from monai_iunet import IUNet, InvertibleUNet
+from monai_iunet.bundle import BUNDLES, bundle_parser, bundle_path, network_def
 from monai_iunet.planner import _network_kwargs
 
 from .conftest import ROOT
+
+PRESETS = {"brats_iunet_segmentation": "iunet16.json", "ct_iunet_postprocessing": "iunet_ct8.json"}
 
 CONFIG = {"width": 8, "levels": 3, "imports": ["$import monai_iunet"],
           "network_def": {"_target_": "IUNet", "spatial_dims": 3, "in_channels": 4, "out_channels": 3,
@@ -33,3 +38,47 @@ def test_references_expressions_and_overrides_are_resolved(tmp_path):
     # the planner's --network used to pass "@width" on as the width
     assert _network_kwargs(str(path), ["blocks_per_level=2"])["channels"] == 8
     assert _network_kwargs(str(path), ["blocks_per_level=2"])["blocks_per_level"] == 2
+
+
+def with_defaults(arguments: dict) -> dict:
+    """An ``IUNet``'s arguments with every default filled in (its own and its core's, ``InvertibleUNet``), so that a
+    config that spells a default out and one that leaves it equal each other."""
+    bound = inspect.signature(IUNet).bind(**arguments)
+    bound.apply_defaults()
+    full = dict(bound.arguments)
+    core = full.pop("core_kwargs")
+    for name, parameter in inspect.signature(InvertibleUNet).parameters.items():
+        if name not in full and parameter.default is not inspect.Parameter.empty:
+            full[name] = core.pop(name, parameter.default)
+    assert not core, f"arguments neither IUNet nor InvertibleUNet takes: {core}"
+    return full
+
+
+def iunet_arguments(config) -> dict:
+    """The ``IUNet`` a config builds, as resolved arguments; a ``MirrorEnsemble``'s member network for an ensemble."""
+    arguments = network_def(config, instantiate=False)
+    if "network" in arguments:  # MirrorEnsemble(network=..., num_members=...)
+        arguments = {k: v for k, v in arguments["network"].get_config().items() if not k.startswith("_")}
+    return with_defaults(arguments)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_train_inference_and_preset_describe_one_model(bundle):
+    """The network, the grid and the crop/window a bundle trains with are the ones it infers with, and its preset in
+    ``configs/networks`` is that same network."""
+    configs = bundle_path(bundle) / "configs"
+    train = iunet_arguments(configs / "train.json")
+    assert iunet_arguments(configs / "inference.json") == train
+    assert iunet_arguments(ROOT / "configs" / "networks" / PRESETS[bundle]) == train
+    trainer, predictor = bundle_parser(configs / "train.json"), bundle_parser(configs / "inference.json")
+    plans = trainer.get("_meta_#plans")
+    assert trainer.get_parsed_content("roi_size") == plans["patch_size"]
+    assert predictor.get_parsed_content("roi_size") == plans["window"] == plans["patch_size"]
+    assert trainer.get_parsed_content("pixdim", default=None) == predictor.get_parsed_content("pixdim", default=None)
+
+
+def test_defaults_are_filled_so_that_a_drift_shows():
+    spelled = {"spatial_dims": 3, "in_channels": 1, "out_channels": 1, "zero_init": True, "coupling": "additive"}
+    assert with_defaults(spelled) == with_defaults({"spatial_dims": 3, "in_channels": 1, "out_channels": 1})
+    assert with_defaults({**spelled, "zero_init": False}) != with_defaults(spelled)
+    assert with_defaults({**spelled, "channels": 8}) != with_defaults(spelled)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import List, Optional, Tuple  # TorchScript reads these, not PEP 585/604 spellings
 
 import torch
 from torch import Tensor, nn
@@ -10,7 +11,7 @@ from torch import Tensor, nn
 __all__ = [
     "InvertibleModule", "InvertibleIdentity", "InvertibleSequential", "trainable_parameters", "autocast_state",
     "autocast_disabled", "MEMORY_FORMATS", "to_channels_last", "is_channels_last", "like_layout", "memory_format_of",
-    "weights_channels_last",
+    "weights_channels_last", "enter_layout", "leave_layout", "check_input",
 ]
 
 MEMORY_FORMATS = ("channels_last", "contiguous")
@@ -40,6 +41,35 @@ def memory_format_of(x: Tensor) -> torch.memory_format:
     if is_channels_last(x):
         return torch.channels_last_3d if x.dim() == 5 else torch.channels_last
     return torch.contiguous_format
+
+
+def enter_layout(x: Tensor, channels_last: bool) -> Tuple[Tensor, bool]:
+    """A network's entry: ``x`` in the network's layout (channels-last when ``channels_last``), and whether the exit
+    must give the caller's channels-first layout back (:func:`leave_layout`). One conversion at entry and one at exit;
+    none inside."""
+    restore = channels_last and not is_channels_last(x)
+    return (to_channels_last(x) if channels_last else x), restore
+
+
+def leave_layout(y: Tensor, restore: bool) -> Tensor:
+    """A network's exit: ``y`` in the layout its caller gave (``restore`` from :func:`enter_layout`)."""
+    return y.contiguous() if restore else y
+
+
+def check_input(x: Tensor, name: str, spatial_dims: int, channels: int, strides: Optional[List[int]] = None,
+                hint: str = "pad the input") -> None:
+    """The input check of the layers and networks: a ``(batch, channels, *spatial)`` tensor with ``spatial_dims``
+    spatial axes, ``channels`` channels and, given ``strides``, every spatial size a multiple of its stride. Otherwise
+    a ``ValueError`` that names ``name``, the shape, and (for the strides) what to do, ``hint``."""
+    if x.dim() != spatial_dims + 2:
+        raise ValueError(f"{name} expects (batch, {channels}, {spatial_dims} spatial dims), got shape {list(x.shape)}.")
+    if x.shape[1] != channels:
+        raise ValueError(f"{name} expects in_channels={channels} input channels, got {x.shape[1]}.")
+    if strides is not None:
+        for size, stride in zip(x.shape[2:], strides):
+            if size % stride != 0:
+                raise ValueError(f"{name}: spatial size {list(x.shape[2:])} is not divisible by the stride "
+                                 f"{strides}; {hint}.")
 
 
 def weights_channels_last(module: nn.Module, spatial_dims: int) -> nn.Module:

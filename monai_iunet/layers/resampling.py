@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .base import InvertibleModule, autocast_disabled, is_channels_last
+from .base import InvertibleModule, autocast_disabled, check_input, is_channels_last
 from .orthogonal import OrthogonalMatrix, haar_matrix, random_orthogonal
 
 __all__ = ["OrthogonalDownsampling", "OrthogonalUpsampling", "InvertibleChannelMixing", "as_strides"]
@@ -79,22 +79,6 @@ class _OrthogonalConv(InvertibleModule):
         matrix = self.matrix()
         return matrix.reshape([matrix.shape[0] * matrix.shape[1], self.group_channels] + self.strides)
 
-    def _check(self, x: Tensor, channels: int, spatial: bool) -> None:
-        if x.dim() != self.spatial_dims + 2:
-            raise ValueError(
-                f"{self.layer_name} expects a (batch, channels, {self.spatial_dims} spatial) tensor, "
-                f"got shape {list(x.shape)}."
-            )
-        if x.shape[1] != channels:
-            raise ValueError(f"{self.layer_name} expects {channels} channels, got {x.shape[1]}.")
-        if spatial:
-            for size, stride in zip(x.shape[2:], self.strides):
-                if size % stride != 0:
-                    raise ValueError(
-                        f"{self.layer_name}: spatial size {list(x.shape[2:])} is not divisible by the stride "
-                        f"{self.strides}; pad the input (IUNet pads automatically) or change the strides."
-                    )
-
     def _conv(self, x: Tensor, transposed: bool) -> Tensor:
         if self.pointwise:
             # A 1×1 convolution as a matrix product over channels: the same arithmetic without the convolution
@@ -111,11 +95,12 @@ class _OrthogonalConv(InvertibleModule):
         return torch.convolution(x, weight, None, self.strides, zeros, ones, transposed, zeros, self.groups)
 
     def _analysis(self, x: Tensor) -> Tensor:
-        self._check(x, self.in_channels, True)
+        check_input(x, self.layer_name, self.spatial_dims, self.in_channels, self.strides,
+                    "pad the input (IUNet pads automatically) or change the strides")
         return self._conv(x, False)
 
     def _synthesis(self, y: Tensor) -> Tensor:
-        self._check(y, self.out_channels, False)
+        check_input(y, self.layer_name, self.spatial_dims, self.out_channels)
         return self._conv(y, True)
 
     # The invertible state stays in the input's precision under autocast: a bf16 state drifts on reconstruction.

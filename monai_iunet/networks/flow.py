@@ -17,7 +17,13 @@ from torch import Tensor, nn
 
 from ..engine.reversible import Program, flatten_program, invert_program, run, walk_program
 from ..layers.actnorm import ActNorm
-from ..layers.base import MEMORY_FORMATS, is_channels_last, to_channels_last, weights_channels_last
+from ..layers.base import (
+    MEMORY_FORMATS,
+    check_input,
+    enter_layout,
+    leave_layout,
+    weights_channels_last,
+)
 from ..layers.resampling import OrthogonalDownsampling, as_strides
 from .invertible_unet import InvertibleUNet
 
@@ -106,36 +112,25 @@ class IUNetFlow(nn.Module):
 
     def latent_shape(self, spatial_shape: Sequence[int]) -> tuple[int, ...]:
         """Shape of ``z`` (without batch) for data of spatial shape ``spatial_shape``."""
-        self._check_spatial(list(spatial_shape))
+        self._check_input(torch.empty(1, self.in_channels, *spatial_shape, device="meta"))  # data of that shape
         return (self.squeeze.out_channels, *(s // k for s, k in zip(spatial_shape, self.squeeze_strides)))
 
-    def _check_spatial(self, shape: list[int]) -> None:
-        if len(shape) != self.spatial_dims or any(s % t for s, t in zip(shape, self.total_stride)):
-            raise ValueError(f"IUNetFlow: spatial size {shape} must have {self.spatial_dims} axes, each a multiple of "
-                             f"the total stride {self.total_stride}; crop or pad the data.")
-
     def _check_input(self, x: Tensor) -> None:
-        if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
-            raise ValueError(f"IUNetFlow expects (batch, {self.in_channels}, {self.spatial_dims} spatial dims), got "
-                             f"shape {list(x.shape)}.")
-        self._check_spatial(list(x.shape[2:]))
+        check_input(x, "IUNetFlow", self.spatial_dims, self.in_channels, self.total_stride, "crop or pad the data")
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(z, log|det ∂z/∂x|)``; the log-determinant per sample, shape ``(batch,)``."""
         self._check_input(x)
-        channels_first = self.channels_last and not is_channels_last(x)
-        if self.channels_last:
-            x = to_channels_last(x)
+        x, restore = enter_layout(x, self.channels_last)
         z, log_det = run(self.program(), x, self.memory_efficient, log_det=True)
-        return (z.contiguous() if channels_first else z), log_det
+        return leave_layout(z, restore), log_det
 
     def inverse(self, z: Tensor) -> Tensor:
         """The data ``x`` with ``f(x) = z`` (exact up to rounding)."""
-        channels_first = self.channels_last and not is_channels_last(z)
-        if self.channels_last:
-            z = to_channels_last(z)
-        x = invert_program(self.program(), z)
-        return x.contiguous() if channels_first else x
+        check_input(z, "IUNetFlow.inverse", self.spatial_dims, self.squeeze.out_channels,
+                    [t // k for t, k in zip(self.total_stride, self.squeeze_strides)], "z comes from forward or sample")
+        z, restore = enter_layout(z, self.channels_last)
+        return leave_layout(invert_program(self.program(), z), restore)
 
     def log_prob(self, x: Tensor) -> Tensor:
         """``log p(x)`` in nats per sample (change of variables: base log-density of ``z`` plus the log-det)."""
@@ -155,8 +150,7 @@ class IUNetFlow(nn.Module):
         """Glow's data-dependent initialisation: each actnorm layer normalises, per channel, what reaches it for
         the batch ``x`` (run once before training)."""
         self._check_input(x)
-        if self.channels_last:
-            x = to_channels_last(x)
+        x, _ = enter_layout(x, self.channels_last)
 
         def apply(layer, t):
             if isinstance(layer, ActNorm):

@@ -19,8 +19,9 @@ from ..layers.base import (
     InvertibleIdentity,
     InvertibleModule,
     InvertibleSequential,
-    is_channels_last,
-    to_channels_last,
+    check_input,
+    enter_layout,
+    leave_layout,
     weights_channels_last,
 )
 from ..layers.resampling import InvertibleChannelMixing, OrthogonalDownsampling, OrthogonalUpsampling, as_strides
@@ -276,28 +277,14 @@ class InvertibleUNet(InvertibleModule):
             weights_channels_last(self, spatial_dims)
 
     def _check_input(self, x: Tensor) -> None:
-        if x.dim() != self.spatial_dims + 2:
-            raise ValueError(
-                f"InvertibleUNet expects a (batch, channels, {self.spatial_dims} spatial dims) tensor, "
-                f"got shape {list(x.shape)}."
-            )
-        if x.shape[1] != self.level_channels[0]:
-            raise ValueError(f"InvertibleUNet expects {self.level_channels[0]} channels, got {x.shape[1]}.")
-        for size, stride in zip(x.shape[2:], self.total_stride):
-            if size % stride != 0:
-                raise ValueError(
-                    f"InvertibleUNet: spatial size {list(x.shape[2:])} is not divisible by the total stride "
-                    f"{self.total_stride}; pad the input (IUNet does this with pad_input=True)."
-                )
+        check_input(x, "InvertibleUNet", self.spatial_dims, self.level_channels[0], self.total_stride,
+                    "pad the input (IUNet does this with pad_input=True)")
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        # One layout conversion at entry and exit for channels-first callers; none inside the core.
-        channels_first = self.channels_last and not is_channels_last(x)
-        if self.channels_last:
-            x = to_channels_last(x)
+        x, restore = enter_layout(x, self.channels_last)
         y = self._run_scripted(x) if torch.jit.is_scripting() else self._run_program(x)
-        return y.contiguous() if channels_first else y
+        return leave_layout(y, restore)
 
     def _run_scripted(self, x: Tensor) -> Tensor:
         """The program as TorchScript runs it (it cannot run the engine): plain autograd, same layers and markers."""
@@ -324,18 +311,13 @@ class InvertibleUNet(InvertibleModule):
         """``(y, log|det ∂y/∂x|)`` per sample through the memory-efficient engine (for flows: affine couplings and
         actnorm contribute, the orthogonal layers have |det| = 1)."""
         self._check_input(x)
-        channels_first = self.channels_last and not is_channels_last(x)
-        if self.channels_last:
-            x = to_channels_last(x)
+        x, restore = enter_layout(x, self.channels_last)
         y, log_det = run(self.program(), x, self.memory_efficient, log_det=True)
-        return (y.contiguous() if channels_first else y), log_det
+        return leave_layout(y, restore), log_det
 
     @torch.jit.unused
     def inverse(self, y: Tensor) -> Tensor:
         """Reconstruct the input from the output (exact up to floating-point rounding); in the output's layout."""
         self._check_input(y)
-        channels_first = self.channels_last and not is_channels_last(y)
-        if self.channels_last:
-            y = to_channels_last(y)
-        y = invert_program(self.program(), y)
-        return y.contiguous() if channels_first else y
+        y, restore = enter_layout(y, self.channels_last)
+        return leave_layout(invert_program(self.program(), y), restore)

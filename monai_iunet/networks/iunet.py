@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers.base import to_channels_last, weights_channels_last
+from ..layers.base import check_input, to_channels_last, weights_channels_last
 from ..layers.conv import SameConv
 from .invertible_unet import InvertibleUNet
 
@@ -117,12 +117,7 @@ class IUNet(nn.Module):
         self.core.memory_efficient = value
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != self.spatial_dims + 2:
-            raise ValueError(
-                f"IUNet expects a (batch, channels, {self.spatial_dims} spatial dims) tensor, got shape {list(x.shape)}."
-            )
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"IUNet expected in_channels={self.in_channels} input channels, got {x.shape[1]}.")
+        check_input(x, "IUNet", self.spatial_dims, self.in_channels)  # no strides: the input is padded to them
         spatial = x.shape[2:]
         pad: list[int] = []
         for size, stride in zip(spatial, self.core.total_stride):

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from monai_iunet import IUNet, InvertibleUNet
+from monai_iunet import InvertibleUNet, IUNet
 from monai_iunet.bundle import BUNDLES, bundle_parser, bundle_path, network_def
 from monai_iunet.planner import _network_kwargs
 

@@ -196,10 +196,17 @@ def test_a_flow_learns_a_correlated_gaussian():
 
 def test_bad_inputs_are_refused():
     flow = IUNetFlow(3, 4, num_levels=2, blocks_per_level=1)
-    with pytest.raises(ValueError, match="expects \\(batch, 4, 3 spatial dims\\)"):
+    with pytest.raises(ValueError, match="IUNetFlow expects in_channels=4 input channels, got 3"):
         flow(torch.randn(1, 3, 8, 8, 8))
-    with pytest.raises(ValueError, match="multiple of the total stride \\[4, 4, 4\\]"):
+    with pytest.raises(ValueError, match="expects \\(batch, 4, 3 spatial dims\\)"):
+        flow(torch.randn(1, 4, 8, 8))
+    with pytest.raises(ValueError, match="not divisible by the stride \\[4, 4, 4\\]; crop or pad the data"):
         flow(torch.randn(1, 4, 8, 8, 6))
+    with pytest.raises(ValueError, match="not divisible by the stride"):
+        flow.latent_shape((8, 8, 6))
+    channels, *spatial = flow.latent_shape((8, 8, 8))
+    with pytest.raises(ValueError, match=f"IUNetFlow.inverse expects in_channels={channels} "):
+        flow.inverse(torch.randn(1, channels - 1, *spatial))
 
 
 def test_a_layer_without_log_det_is_refused_in_a_flow_and_dropout_in_the_engine():

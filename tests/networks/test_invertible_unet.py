@@ -103,7 +103,7 @@ def test_bad_input_shapes():
     core = InvertibleUNet(2, 4, 3)
     with pytest.raises(ValueError, match="divisible"):
         core(torch.randn(1, 4, 6, 8))
-    with pytest.raises(ValueError, match="4 channels"):
+    with pytest.raises(ValueError, match="InvertibleUNet expects in_channels=4 input channels, got 3"):
         core(torch.randn(1, 3, 8, 8))
 
 

@@ -321,8 +321,10 @@ class MemoryPlanner:
 
 
 def _width_step(network_kwargs: dict) -> int:
-    """The smallest width ``IUNet`` accepts with these arguments; every valid width is a multiple of it. Found from
-    the core's channel plan alone (:func:`~monai_iunet.networks.invertible_unet.unet_plan`), no network built."""
+    """The smallest width the core's channel plan accepts with these arguments
+    (:func:`~monai_iunet.networks.invertible_unet.unet_plan`, no network built); the width search tries its multiples.
+    ``IUNet``'s own conditions (e.g. ``identity_init``'s ``in_channels <= channels``) are not looked at here: building
+    the network checks them."""
     arguments = inspect.signature(IUNet).bind_partial(**network_kwargs)
     arguments.apply_defaults()
     values = {**arguments.arguments, **arguments.arguments.get("core_kwargs", {})}

@@ -43,7 +43,9 @@ def _cayley_map(theta: Tensor) -> Tensor:
 
 def _householder_map(theta: Tensor) -> Tensor:
     # Reflectors live strictly below the diagonal (unit diagonal implied); tau = 2 / ||v||² makes each an exact
-    # reflection, so the product of n of them reaches all of O(n).
+    # reflection (determinant -1), so the product of n of them has determinant (-1)^n: the map stays in one component
+    # of O(n), and OrthogonalMatrix's fixed base matrix carries the initial matrix's sign. (torch's
+    # parametrizations.orthogonal multiplies by a diagonal of signs instead.)
     reflectors = theta.tril(-1)
     tau = 2.0 / (1.0 + (reflectors * reflectors).sum(dim=-2))
     return torch.linalg.householder_product(reflectors, tau)

@@ -35,7 +35,7 @@ def test_references_expressions_and_overrides_are_resolved(tmp_path):
     assert isinstance(bare, IUNet)
     path = tmp_path / "config.json"
     path.write_text(json.dumps(CONFIG))
-    # the planner's --network used to pass "@width" on as the width
+    # the planner resolves "@width" (a reference), it does not pass the string on as the width
     assert _network_kwargs(str(path), ["blocks_per_level=2"])["channels"] == 8
     assert _network_kwargs(str(path), ["blocks_per_level=2"])["blocks_per_level"] == 2
 

@@ -250,8 +250,8 @@ def test_skip_keeps_the_gradient_accumulated_before_the_bad_micro_batch():
 
 @pytest.mark.filterwarnings("ignore:User provided device_type of 'cuda'")
 def test_skip_under_a_grad_scaler_skips_the_step_instead_of_crashing_it():
-    """``non_finite: skip`` with AMP: dropping the gradients used to leave GradScaler.step without inf checks
-    ("No inf checks were recorded for this optimizer"). A NaN batch is skipped, the good one trains."""
+    """``non_finite: skip`` with AMP: a step whose gradients were all dropped must not reach GradScaler.step without
+    inf checks ("No inf checks were recorded for this optimizer"). A NaN batch is skipped, the good one trains."""
     guard = NonFiniteGuard(action="skip")
     trainer, net = _scaled_trainer([_vector_batch("nan_case", float("nan")), _vector_batch("good")], guard, 1e30,
                                    1024.0)  # gradients of ~1e30 against the helper's learning rate of 1e-35

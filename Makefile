@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo demo-ct install clean
+.PHONY: test test-fast lint demo demo-ct install clean
 
 # (Re)install when the venv is missing or the dependency files changed.
 $(STAMP): pyproject.toml requirements/ci.txt
@@ -15,8 +15,16 @@ $(STAMP): pyproject.toml requirements/ci.txt
 
 install: $(STAMP)
 
-test: $(STAMP)
+# The whole suite (what CI runs), the line-length and import rules included.
+test: lint
 	$(PY) -m pytest -q tests
+
+# The edit loop: everything but the tests marked slow (bundles, trainings, subprocesses).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py

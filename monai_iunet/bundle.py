@@ -1,5 +1,6 @@
-"""Small helpers that the bundle configs call (``$monai_iunet.bundle...``), ``run_bundle`` for scripts, and
-``bundle_path``: where the shipped bundles are, installed or in a checkout.
+"""The bundles as code reaches them: ``bundle_path`` (where the shipped bundles are, installed or in a checkout),
+``bundle_parser`` (a bundle's configs with its metadata, as ``monai.bundle run`` reads them), ``network_def`` (the
+network a config describes) and ``run_bundle`` (``monai.bundle run`` in a fresh process).
 
     python -m monai_iunet.bundle brats_iunet_segmentation     # prints the bundle folder
 """
@@ -12,7 +13,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["BUNDLES", "bundle_path", "bundle_parser", "network_def", "handler", "handlers_for_rank", "run_bundle"]
+__all__ = ["BUNDLES", "bundle_path", "bundle_parser", "network_def", "run_bundle"]
 
 BUNDLES = ("brats_iunet_segmentation", "ct_iunet_postprocessing")
 
@@ -75,25 +76,6 @@ def network_def(config: str | Path | Mapping, instantiate: bool = True, **overri
     return {key: value for key, value in arguments.items() if not key.startswith("_")}
 
 
-def handler(instance):
-    """``instance`` itself. A config's handler list entry ``{"_target_": "monai_iunet.bundle.handler", "instance":
-    "@lr_scheduler"}`` attaches an object defined elsewhere in the config (one that the resumable checkpoint also
-    saves) while keeping every entry a dict, as MONAI Label requires (it reads ``_target_`` of each)."""
-    return instance
-
-
-def handlers_for_rank(handlers: list, rank: int) -> list:
-    """The trainer handlers a process of a distributed run attaches: all on rank 0; on the others, everything but
-    the console and TensorBoard logging (one copy of each line and curve). Chosen by type, not by position, because
-    tools such as MONAI Label insert handlers of their own into the list."""
-    from ignite.handlers import ProgressBar
-    from monai.handlers import StatsHandler, TensorBoardStatsHandler
-
-    if rank == 0:
-        return list(handlers)
-    return [h for h in handlers if not isinstance(h, (ProgressBar, StatsHandler, TensorBoardStatsHandler))]
-
-
 def run_bundle(bundle: str | Path, configs: list, log: str | Path | None = None, **overrides) -> None:
     """``python -m monai.bundle run`` in ``bundle`` (a fresh process) with ``configs`` layered and ``--key value``
     overrides; the command is printed, its output goes to the console or appended to ``log``. Raises
@@ -112,7 +94,8 @@ def run_bundle(bundle: str | Path, configs: list, log: str | Path | None = None,
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m monai_iunet.bundle", description="Print a shipped bundle's folder.")
+    parser = argparse.ArgumentParser(prog="python -m monai_iunet.bundle",
+                                     description="Print a shipped bundle's folder.")
     parser.add_argument("name", nargs="?", default="brats_iunet_segmentation", choices=BUNDLES)
     print(bundle_path(parser.parse_args(argv).name))
 

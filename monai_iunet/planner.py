@@ -197,8 +197,9 @@ class MemoryEstimate:
     def __str__(self) -> str:
         roi = "×".join(map(str, self.roi_size))
         return (
-            f"batch {self.batch_size} × {roi}: peak {self.peak_gib:.2f} GiB (parameters {self.parameter_bytes / 2**20:.0f}"
-            f" MiB, gradients + optimizer state {self.optimizer_bytes / 2**20:.0f} MiB, activations and workspace "
+            f"batch {self.batch_size} × {roi}: peak {self.peak_gib:.2f} GiB "
+            f"(parameters {self.parameter_bytes / 2**20:.0f} MiB, "
+            f"gradients + optimizer state {self.optimizer_bytes / 2**20:.0f} MiB, activations and workspace "
             f"{(self.peak_bytes - self.parameter_bytes - self.optimizer_bytes) / 2**20:.0f} MiB)"
         )
 

@@ -49,7 +49,8 @@ def main() -> None:
         if "error" in e or "error" in p:
             lines.append(f"| {blocks} | — | {e.get('error', '')} | {p.get('error', '')} | | | | |")
             continue
-        lines.append(f"| {blocks} | {e['parameters']:,} | {e['saved_bytes'] / MIB:.1f} | {p['saved_bytes'] / MIB:.1f} | "
+        lines.append(f"| {blocks} | {e['parameters']:,} | {e['saved_bytes'] / MIB:.1f} | "
+                     f"{p['saved_bytes'] / MIB:.1f} | "
                      f"{e['peak_bytes'] / MIB:.0f} | {p['peak_bytes'] / MIB:.0f} | {e['step_seconds']:.2f} | "
                      f"{p['step_seconds']:.2f} |")
     (args.output / f"flow_memory_{args.device}_{args.size}.md").write_text("\n".join(lines) + "\n")

@@ -54,7 +54,8 @@ def main() -> None:
             out.mkdir(exist_ok=True)
             rows.append(run_case(args.case_dir.resolve(), out, model, amp))
             print(json.dumps(rows[-1]), flush=True)
-    labels = {amp: np.asarray(nib.load(next(r["label"] for r in rows if r["amp"] is amp)).dataobj) for amp in (False, True)}
+    labels = {amp: np.asarray(nib.load(next(r["label"] for r in rows if r["amp"] is amp)).dataobj)
+              for amp in (False, True)}
     summary = {
         amp_name: {
             "median_seconds": statistics.median(r["seconds"] for r in rows if r["amp"] is amp),

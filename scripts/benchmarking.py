@@ -1,9 +1,9 @@
 """Measure one training step — peak memory, step time, parameters, forward FLOPs — each case in a fresh process.
 
 Development tooling, not part of the installed package (scripts import it as ``benchmarking``; the tests put
-``scripts/`` on ``sys.path``). Used by ``scripts/benchmark.py`` (the side-by-side tables in ``docs/benchmarks/``) and by the tests that hold the
-memory planner to measurements. A case is a JSON-able dict; :func:`run_case` measures it in a new Python process so
-that peaks never leak from one case into the next:
+``scripts/`` on ``sys.path``). Used by ``scripts/benchmark.py`` (the side-by-side tables in ``docs/benchmarks/``)
+and by the tests that hold the memory planner to measurements. A case is a JSON-able dict; :func:`run_case` measures
+it in a new Python process so that peaks never leak from one case into the next:
 
 * CPU: the peak anonymous resident memory of the training steps after the warm-up step (``VmHWM``, reset through
   ``/proc/self/clear_refs``, less the file-backed and shared pages, i.e. less the ~100 MiB of PyTorch's code that
@@ -49,8 +49,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["NETWORKS", "FLOWS", "FIXED_DEPTH", "build_network", "build_case_network", "reference_available", "measure", "run_case",
-           "run_inference_case"]
+__all__ = ["NETWORKS", "FLOWS", "FIXED_DEPTH", "build_network", "build_case_network", "reference_available", "measure",
+           "run_case", "run_inference_case"]
 
 IN_CHANNELS, OUT_CHANNELS = 4, 3
 
@@ -176,8 +176,8 @@ def measure(case: dict) -> dict:
 
     ``case`` keys: ``network``, ``width``, ``levels``, ``blocks`` (or ``network_def``, see
     :func:`build_case_network`), ``size`` (int or per-axis list), ``batch`` (default 1), ``steps`` (default 4, the
-    first is warm-up), ``device`` (default ``cpu``), ``in_channels``/``out_channels`` (default 4/3). Returns the case with
-    ``parameters``, ``forward_flops``, ``peak_bytes``, ``saved_bytes`` (kept for backward by autograd) and
+    first is warm-up), ``device`` (default ``cpu``), ``in_channels``/``out_channels`` (default 4/3). Returns the case
+    with ``parameters``, ``forward_flops``, ``peak_bytes``, ``saved_bytes`` (kept for backward by autograd) and
     ``step_seconds`` (median over the steps after the first; the CPU peak is taken over them too).
     """
     from torch.utils.flop_counter import FlopCounterMode

@@ -272,7 +272,8 @@ def write_markdown(results: dict, window: dict | None, path: Path) -> None:
         "| | WT Dice | TC Dice | ET Dice | WT HD95 | TC HD95 | ET HD95 |", "|---|---:|---:|---:|---:|---:|---:|",
         "| IUNet-16, 5 folds, " + results["shipped_settings"] + " | "
         + " | ".join(f"{summary[r]['dice_mean']:.3f} ± {summary[r]['dice_std']:.3f}" for r in ("WT", "TC", "ET"))
-        + " | " + " | ".join(f"{summary[r]['hd95_mean']:.1f} ({summary[r]['hd95_median']:.1f})" for r in ("WT", "TC", "ET"))
+        + " | "
+        + " | ".join(f"{summary[r]['hd95_mean']:.1f} ({summary[r]['hd95_median']:.1f})" for r in ("WT", "TC", "ET"))
         + " |",
         "| the expert labels taken to 2 mm and back (the ceiling of a 2 mm model) | " + " | ".join(
             f"{results['resolution_ceiling']['summary'][r]['dice_mean']:.3f}" for r in ("WT", "TC", "ET"))
@@ -292,7 +293,8 @@ def write_markdown(results: dict, window: dict | None, path: Path) -> None:
     lines += [
         "", "## Choices made on the folds", "",
         "**Test-time mirroring** (all 8 flips of the three axes, probabilities averaged; one fold model per case):", "",
-        "| | WT | TC | ET | mean | network + I/O seconds per case (median, 1 thread) |", "|---|---:|---:|---:|---:|---:|",
+        "| | WT | TC | ET | mean | network + I/O seconds per case (median, 1 thread) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name, row in tta.items():
         lines.append(f"| {name.replace('_', ' ')} | " + " | ".join(f"{row['dice'][r]:.3f}" for r in ("WT", "TC", "ET"))
@@ -380,8 +382,9 @@ def ship(runs: list[Path], results: dict) -> None:
                              "stages": [{"command": st["command"], "commit": st["commit"], "dirty_tree": st["dirty"],
                                          "wall_time_s": st["wall_time_s"]} for st in fold["stages"]]})
     metadata["performance"] = {
-        "trained_on": "30 real BraTS 2018 training cases (5-fold cross-validation, configs/splits/brats_real_folds.json)"
-                      " at 2 mm, each fold on one CPU thread with the other folds running beside it",
+        "trained_on": "30 real BraTS 2018 training cases (5-fold cross-validation, "
+                      "configs/splits/brats_real_folds.json) at 2 mm, each fold on one CPU thread with the other "
+                      "folds running beside it",
         "members": members_info,
         "out_of_fold": {
             "evaluation": "each case segmented by the fold model that did not train on it, through inference.json "
@@ -418,12 +421,14 @@ def main() -> None:
         log = training_log(run, trainer["epoch_length"])
         history = stages(run)
         results["folds"][run.name] = {
-            "cases": [c["case"] for c in cases], "steps": trainer["iteration"], "training_time_s": log["training_time_s"],
+            "cases": [c["case"] for c in cases], "steps": trainer["iteration"],
+            "training_time_s": log["training_time_s"],
             "epochs": log["epochs"], "log": log, "stages": history,
             "wall_time_s": sum(stage["wall_time_s"] for stage in history)}
     jobs = [(run, member, setting) for setting in SETTINGS for run, member in zip(runs, members)]
     if args.reuse:  # the out-of-fold outputs of an earlier run of this script
-        reports = [json.loads((run / "oof" / setting / "inference_report.json").read_text()) for run, _, setting in jobs]
+        reports = [json.loads((run / "oof" / setting / "inference_report.json").read_text())
+                   for run, _, setting in jobs]
     else:
         with ThreadPoolExecutor(args.jobs) as pool:
             reports = list(pool.map(lambda job: infer_fold(data=data, run=job[0], member=job[1], setting=job[2]),
@@ -446,9 +451,9 @@ def main() -> None:
     gain = results["tta"]["tta_on"]["mean_dice"] - results["tta"]["tta_off"]["mean_dice"]
     shipped = "tta_on" if gain >= 0 else "tta_off"
     results["shipped_settings"] = "mirroring on (8 passes)" if shipped == "tta_on" else "mirroring off"
-    results["tta_reason"] = (f"mean Dice {gain:+.3f} for "
-                             f"{results['tta']['tta_on']['seconds_median'] / results['tta']['tta_off']['seconds_median']:.1f}x"
-                             " the seconds per case; the uncertainty score needs the mirrored passes")
+    slowdown = results["tta"]["tta_on"]["seconds_median"] / results["tta"]["tta_off"]["seconds_median"]
+    results["tta_reason"] = (f"mean Dice {gain:+.3f} for {slowdown:.1f}x the seconds per case; the uncertainty score "
+                             "needs the mirrored passes")
     scan = {str(t): et_dice(maps[shipped], t) for t in ET_THRESHOLDS_ML}
     chosen = max(ET_THRESHOLDS_ML, key=lambda t: (round(scan[str(t)], 6), -t))
     results["et_threshold"] = {"candidates": list(ET_THRESHOLDS_ML), "et_dice": scan, "chosen_ml": chosen}

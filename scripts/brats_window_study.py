@@ -119,7 +119,8 @@ def main() -> None:
     print("\n| setting | WT | TC | ET | worst WT | network s/case |\n|---|---:|---:|---:|---:|---:|")
     for name, row in table.items():
         d = row["dice_mean"]
-        print(f"| {name} | {d['WT']:.3f} | {d['TC']:.3f} | {d['ET']:.3f} | {row['worst_wt']:.3f} | {row['seconds_median']:.1f} |")
+        print(f"| {name} | {d['WT']:.3f} | {d['TC']:.3f} | {d['ET']:.3f} | {row['worst_wt']:.3f} | "
+              f"{row['seconds_median']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ NOTES = "## What it shows"
 
 def unet(blowup: int, scales: int = 4) -> dict:
     return {"_target_": "DynUNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 1,
-            "kernel_size": [3] * scales, "strides": [1] + [2] * (scales - 1), "upsample_kernel_size": [2] * (scales - 1),
+            "kernel_size": [3] * scales, "strides": [1] + [2] * (scales - 1),
+            "upsample_kernel_size": [2] * (scales - 1),
             "filters": [blowup * 2**i for i in range(scales)], "norm_name": LAYER_NORM, "res_block": False}
 
 
@@ -80,7 +81,8 @@ def train_and_evaluate(name: str, data: Path, out: Path, epochs: int, previous: 
     model_config = folder / "network.json"
     model_config.write_text(json.dumps({"network_def": network_def}, indent=2))
     size = json.loads((data / "datalist.json").read_text())["simulation"]["size"]
-    memory = run_case({"network_def": network_def, "size": size, "in_channels": 1, "out_channels": 1, "steps": 3}, timed=False)
+    memory = run_case({"network_def": network_def, "size": size, "in_channels": 1, "out_channels": 1, "steps": 3},
+                      timed=False)
     common = dict(dataset_dir=data, bundle_root=folder, ckpt_dir=folder / "models", output_dir=folder / "eval")
     start = time.time()
     if not (folder / "models" / "model.pt").is_file():
@@ -166,7 +168,8 @@ def report(results: list[dict], args, settings: dict, prediction_mib: float) -> 
         f"`python scripts/ct_experiment.py --epochs {args.epochs} --unet-epochs {args.unet_epochs} --size {args.size}`"
         " — foam phantoms "
         f"{args.size}³ ({args.train} training, {args.val} validation, {args.test} test volumes; "
-        f"`python -m monai_iunet.apps.ct.simulation`): parallel beam, {settings['angles']} angles over 180° about a perturbed "
+        f"`python -m monai_iunet.apps.ct.simulation`): parallel beam, {settings['angles']} angles over 180° about a "
+        "perturbed "
         f"volume diagonal, Poisson noise at {settings['photons']:g} photons per ray, FBP (astra, ramp filter). Every "
         "model trained through the CT bundle (batch 1, Adam 1e-3, cosine schedule, MSE, "
         "random flips and 90° rotations; best validation PSNR kept) and evaluated on the test volumes. 2 CPU "

@@ -84,8 +84,8 @@ def segment_study(case_dir: Path, study: Path, output: Path, ckpt: Path) -> None
     affine = images["t1"].affine
     write_pacs_study({m: np.asarray(img.dataobj, np.float32) for m, img in images.items()}, affine, study,
                      case_dir.name, seed=0)
-    command = [sys.executable, "-m", "monai_iunet.apps.brats.segment", str(study), "--output", str(output), "--ckpt", str(ckpt),
-               "--config", str(PRESET), "--plans", str(PLANS), "--case", case_dir.name]
+    command = [sys.executable, "-m", "monai_iunet.apps.brats.segment", str(study), "--output", str(output),
+               "--ckpt", str(ckpt), "--config", str(PRESET), "--plans", str(PLANS), "--case", case_dir.name]
     print("\n$ " + " ".join(command[1:]), flush=True)
     subprocess.run(command, check=True)
     load = LoadImage(image_only=True, ensure_channel_first=True)
@@ -170,7 +170,7 @@ def main() -> None:
 
     study_case = data / datalist["testing_dicom"][0]["image"][0]
     study_case = Path(str(study_case)).parents[1]  # <case>/dicom/t1 -> <case>
-    print(f"5/6 segmenting a PACS-like study made from {study_case.name} with python -m monai_iunet.apps.brats.segment", flush=True)
+    print(f"5/6 segmenting a PACS-like study made from {study_case.name} with monai-iunet-segment", flush=True)
     segment_study(study_case, out / "study", out / "pred_study", out / "models" / "model.pt")
     shipped_model_at_work(out / "study", out / "shipped")
 

@@ -189,7 +189,8 @@ def main() -> None:
         if shift != "in distribution (held-out real BraTS)":
             entry.update({
                 "flow_auroc": auroc(id_flow, flow_scores), "histogram_auroc": auroc(id_hist, hist_scores),
-                "flow_fpr95": fpr_at_95_tpr(id_flow, flow_scores), "histogram_fpr95": fpr_at_95_tpr(id_hist, hist_scores),
+                "flow_fpr95": fpr_at_95_tpr(id_flow, flow_scores),
+                "histogram_fpr95": fpr_at_95_tpr(id_hist, hist_scores),
                 # Kirichenko et al.: OOD data a flow finds *more* likely than the typical real case
                 "more_likely_than_id_median": float(np.mean(np.asarray(flow_scores) < np.median(id_flow))),
             })
@@ -238,7 +239,8 @@ def samples_figure() -> None:
     with torch.no_grad():
         samples = flow.sample(3, QC_SHAPE, temperature=0.7).clamp(*INTENSITY_RANGE)
     real = torch.load(WORK / "brats_levels.pt", weights_only=True)
-    example = next(iter(real.values())).float() / LEVELS * (INTENSITY_RANGE[1] - INTENSITY_RANGE[0]) + INTENSITY_RANGE[0]
+    low, high = INTENSITY_RANGE
+    example = next(iter(real.values())).float() / LEVELS * (high - low) + low
     volumes = [("real case", example)] + [(f"sample {i + 1} (T=0.7)", s) for i, s in enumerate(samples)]
     fig, axes = plt.subplots(len(volumes), 4, figsize=(8, 2.2 * len(volumes)))
     for row, (title, volume) in enumerate(volumes):

@@ -197,7 +197,8 @@ def ship() -> None:
                    "rule": RECIPE["threshold"], "recipe": {k: v for k, v in RECIPE.items() if k != "flow"},
                    "training_s": final["training_s"], "commit": commit, "threads": 1,
                    "wall_time": "two runs at a time, one CPU thread each: fold0+fold1, then fold2+all, ~24 min each",
-                   "command": "python scripts/train_flow_qc.py prepare; ... train --run fold0|fold1|fold2|all; ... ship",
+                   "command": "python scripts/train_flow_qc.py prepare; ... train --run fold0|fold1|fold2|all; "
+                              "... ship",
                    "qc_shape": list(QC_SHAPE)}
     torch.save({"config": final["config"], "state_dict": final["state_dict"], "threshold": threshold,
                 "calibration": json.dumps(calibration)}, SHIPPED)

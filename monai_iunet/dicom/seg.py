@@ -4,8 +4,8 @@ value is what) are the caller's, e.g. ``apps.brats.labels.seg_segments``.
 The geometry is highdicom's: the label map becomes a ``highdicom.Volume`` (``geometry.array_to_volume``) and is
 matched to the source series' volume (``Volume.match_geometry``). A label map on any other grid is refused first
 (``_check_same_grid``: axis permutations and flips of the series' own voxels only), because ``match_geometry`` would
-pad or crop it into place without a word; it is never resampled. Single-frame and enhanced multi-frame sources, orientation
-jitter and slice gaps are handled by highdicom's volume reading (``series.read_series_volume``).
+pad or crop it into place without a word; it is never resampled. Single-frame and enhanced multi-frame sources,
+orientation jitter and slice gaps are handled by highdicom's volume reading (``series.read_series_volume``).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from .checkpoint import (
 from .inversion_drift import InversionDriftMonitor
 from .non_finite import NonFiniteGuard
 from .schedule import PolyLRSchedule
-from .utils import batch_cases, is_main_process, unwrapped
+from .utils import batch_cases, existing, handlers_for_rank, is_main_process, unwrapped
 
 __all__ = [
     "AtomicFileSaver",
@@ -28,6 +28,8 @@ __all__ = [
     "ResumableCheckpoint",
     "UnvalidatedModelSaver",
     "batch_cases",
+    "existing",
+    "handlers_for_rank",
     "is_main_process",
     "save_atomically",
     "unwrapped",

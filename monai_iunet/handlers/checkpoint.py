@@ -158,9 +158,10 @@ class ResumableCheckpoint:
     Every ``interval`` epochs (or iterations with ``epoch_level=False``) and when training ends, the ``save_dict``
     objects (network, optimizer, LR scheduler, …), the trainer's state (epoch, iteration), its ``GradScaler`` and the
     random states (:class:`RandomStates`) are written by Ignite's ``Checkpoint`` through :class:`AtomicFileSaver`:
-    atomically, on rank 0 only, a network wrapped in ``DistributedDataParallel`` saved unwrapped. With ``resume=True`` they are loaded when the trainer starts (MONAI's ``CheckpointLoader``,
-    ``weights_only=True``), and training continues up to the configured number of epochs, drawing the same shuffles
-    and augmentations an uninterrupted run would have drawn.
+    atomically, on rank 0 only, a network wrapped in ``DistributedDataParallel`` saved unwrapped. With
+    ``resume=True`` they are loaded when the trainer starts (MONAI's ``CheckpointLoader``, ``weights_only=True``),
+    and training continues up to the configured number of epochs, drawing the same shuffles and augmentations an
+    uninterrupted run would have drawn.
 
     Args:
         ckpt_dir: folder of the checkpoint.
@@ -267,7 +268,8 @@ class BestModelSaver:
     @property
     def best(self) -> float:
         """The best score so far (the metric, negated when smaller is better); -inf before any validation."""
-        (saved,) = self.checkpoint.state_dict().values()  # [(priority, filename)]; its key differs across Ignite versions
+        # [(priority, filename)]; its key differs across Ignite versions
+        (saved,) = self.checkpoint.state_dict().values()
         return float(saved[0][0]) if saved else float("-inf")
 
     @property

@@ -8,7 +8,7 @@ import warnings
 import torch
 from ignite.engine import Engine, Events
 
-from .utils import batch_dicts
+from .utils import batch_dicts, unwrapped
 
 __all__ = ["InversionDriftMonitor"]
 
@@ -45,7 +45,7 @@ class InversionDriftMonitor:
     ) -> None:
         if interval < 1:
             raise ValueError(f"interval must be at least 1, got {interval}.")
-        self.network = getattr(network, "module", network)
+        self.network = unwrapped(network)
         self.enabled = callable(getattr(self.network, "reconstruction_error", None))
         self.interval = interval
         self.threshold = threshold
@@ -56,8 +56,8 @@ class InversionDriftMonitor:
 
     def attach(self, engine: Engine) -> None:
         if not self.enabled:
-            logger.info("InversionDriftMonitor: %s has no reconstruction_error(x) (not invertible); nothing to monitor.",
-                        type(self.network).__name__)
+            logger.info("InversionDriftMonitor: %s has no reconstruction_error(x) (not invertible); nothing to "
+                        "monitor.", type(self.network).__name__)
             return
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
 

@@ -1,10 +1,11 @@
-"""What the handlers share: the cases of a batch (for messages), the main process, the module inside DDP."""
+"""What the handlers share: the cases of a batch (for messages), the main process, the module inside DDP; and what
+bundle configs use to put handlers together (``existing``, ``handlers_for_rank``)."""
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["batch_dicts", "batch_cases", "is_main_process", "unwrapped"]
+__all__ = ["batch_dicts", "batch_cases", "is_main_process", "unwrapped", "existing", "handlers_for_rank"]
 
 
 def batch_dicts(batch) -> list[dict]:
@@ -36,3 +37,22 @@ def unwrapped(obj):
     ``module.`` prefix) whether or not the run was distributed; anything else as it is."""
     parallel = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
     return obj.module if isinstance(obj, parallel) else obj
+
+
+def existing(instance):
+    """``instance`` itself. A config's handler list entry ``{"_target_": "monai_iunet.handlers.existing", "instance":
+    "@lr_scheduler"}`` attaches an object defined elsewhere in the config (one that the resumable checkpoint also
+    saves) while keeping every entry a dict, as MONAI Label requires (it reads ``_target_`` of each)."""
+    return instance
+
+
+def handlers_for_rank(handlers: list, rank: int) -> list:
+    """The trainer handlers a process of a distributed run attaches: all on rank 0; on the others, everything but
+    the console and TensorBoard logging (one copy of each line and curve). Chosen by type, not by position, because
+    tools such as MONAI Label insert handlers of their own into the list."""
+    from ignite.handlers import ProgressBar
+    from monai.handlers import StatsHandler, TensorBoardStatsHandler
+
+    if rank == 0:
+        return list(handlers)
+    return [h for h in handlers if not isinstance(h, (ProgressBar, StatsHandler, TensorBoardStatsHandler))]

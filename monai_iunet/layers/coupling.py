@@ -58,11 +58,11 @@ class AdditiveCoupling(_Coupling):
     def invert_and_backward(
         self, y: Tensor, grad_y: Tensor, overwrite: bool = False, grad_log_det: Tensor | None = None
     ) -> tuple[Tensor, Tensor, dict[Tensor, Tensor]]:
-        # (log-det 0: grad_log_det has nothing to flow into.) RevNet-style fusion: the activations needed to backpropagate through g and f are exactly the ones
-        # computed while inverting, so each sub-network runs forward once (with grad) instead of twice. The halves
-        # of x and of its gradient are written straight into their final tensors (with ``overwrite``, into y and
-        # grad_y themselves: each half is overwritten only after its last use), so backward allocates no
-        # full-size tensor at the point where it needs the most memory.
+        # (log-det 0: grad_log_det has nothing to flow into.) RevNet-style fusion: the activations needed to
+        # backpropagate through g and f are exactly the ones computed while inverting, so each sub-network runs forward
+        # once (with grad) instead of twice. The halves of x and of its gradient are written straight into their final
+        # tensors (with ``overwrite``, into y and grad_y themselves: each half is overwritten only after its last use),
+        # so backward allocates no full-size tensor at the point where it needs the most memory.
         s = self.split
         y1, y2 = y[:, :s].detach(), y[:, s:].detach()
         grad_y1, grad_y2 = grad_y[:, :s], grad_y[:, s:]

@@ -23,6 +23,8 @@ from monai_iunet.networks import load_weights
 from ..dicom.test_dicom_clinical import assert_dicom_valid
 from .conftest import BUNDLE, CT_BUNDLE, SCHEMA, TINY, TRAIN_TINY, check, run_bundle, write_json
 
+pytestmark = pytest.mark.slow  # trains and runs the BraTS bundle (make test-fast skips it)
+
 
 def test_train_writes_best_and_last_checkpoints(trained):
     assert (trained / "models" / "model.pt").is_file()
@@ -161,7 +163,6 @@ def test_load_weights_lists_mismatched_keys(trained):
         load_weights(IUNet(3, 4, 3, channels=4, num_levels=3), str(trained / "models" / "model.pt"))
 
 
-@pytest.mark.slow
 def test_multi_gpu_config_on_two_cpu_processes(dataset, tmp_path):
     with socket.socket() as s:  # a free port for the rendezvous
         s.bind(("127.0.0.1", 0))

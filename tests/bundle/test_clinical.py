@@ -25,6 +25,9 @@ from monai_iunet.dicom.synthetic import SeriesSpec, grid_affine, study_ids, writ
 from ..dicom.test_dicom_clinical import REAL, assert_dicom_valid, centroid_ras, needs_data, seg_centroid_ras, sphere
 from .conftest import BUNDLE, TINY, check, run_bundle, write_json
 
+pytestmark = pytest.mark.slow  # runs the bundle and the segment command (make test-fast skips it)
+
+SEGMENT = [sys.executable, "-m", "monai_iunet.apps.brats.segment"]  # the monai-iunet-segment command
 CENTRE = np.array([12.0, -18.0, 25.0])  # RAS, mm
 RADIUS = 14.0
 
@@ -200,15 +203,14 @@ def pacs_study(tmp_path_factory) -> Path:
 
 def test_segment_command_on_a_pacs_study(trained, pacs_study, tmp_path):
     def segment(study: Path, output: Path, *options: str):
-        command = [sys.executable, "-m", "monai_iunet.apps.brats.segment", str(study), "--output", str(output), "--ckpt",
-                   str(trained / "models" / "model.pt"), "--config", str(tiny_network_config(tmp_path)), "--device",
-                   "cpu", "--case", "A", *options]
+        command = [*SEGMENT, str(study), "--output", str(output), "--ckpt", str(trained / "models" / "model.pt"),
+                   "--config", str(tiny_network_config(tmp_path)), "--device", "cpu", "--case", "A", *options]
         return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
     output = check(segment(pacs_study.parent, tmp_path / "out", "--overview"))  # a folder above the study is fine too
-    for line in ("case A: ok", "t1ce   series #3 'AX T1 POST GAD'", "(reference grid)", "flair  series #5 'COR T2 FLAIR'",
-                 "ContrastBolusAgent 'Gadobutrol'", "nifti: written", "dicom_seg: written", "overview: written",
-                 "tumour volumes: WT ", "uncertainty: "):
+    for line in ("case A: ok", "t1ce   series #3 'AX T1 POST GAD'", "(reference grid)",
+                 "flair  series #5 'COR T2 FLAIR'", "ContrastBolusAgent 'Gadobutrol'", "nifti: written",
+                 "dicom_seg: written", "overview: written", "tumour volumes: WT ", "uncertainty: "):
         assert line in output, output[-3000:]
     report = json.loads((tmp_path / "out" / "inference_report.json").read_text())
     assert report["summary"] == {"ok": ["A"], "partial": [], "failed": []}
@@ -236,8 +238,8 @@ def test_segment_command_with_two_studies_in_the_folder_and_study_to_choose(trai
     shutil.copytree(pacs_study, folder / "A")
     case = make_case(np.random.default_rng(5), shape=(24, 24, 24), spacing=8.0)
     uids = write_pacs_study(case.images, case.affine, folder / "B", "B", seed=3)
-    command = [sys.executable, "-m", "monai_iunet.apps.brats.segment", str(folder), "--ckpt", str(trained / "models" / "model.pt"),
-               "--config", str(tiny_network_config(tmp_path)), "--device", "cpu", "--case", "cd"]
+    command = [*SEGMENT, str(folder), "--ckpt", str(trained / "models" / "model.pt"), "--config",
+               str(tiny_network_config(tmp_path)), "--device", "cpu", "--case", "cd"]
     result = subprocess.run(command + ["--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
     assert result.returncode == 1 and "holds 2 studies of 2 patient(s)" in result.stdout + result.stderr
     study_b = str(pydicom.dcmread(next((folder / "B").iterdir()), stop_before_pixels=True).StudyInstanceUID)
@@ -247,8 +249,8 @@ def test_segment_command_with_two_studies_in_the_folder_and_study_to_choose(trai
 
 
 def test_segment_command_without_weights_says_what_to_do(pacs_study, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "monai_iunet.apps.brats.segment", str(pacs_study), "--output", str(tmp_path),
-                             "--ckpt", str(tmp_path / "none.pt")], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([*SEGMENT, str(pacs_study), "--output", str(tmp_path), "--ckpt", str(tmp_path / "none.pt")],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "no trained weights" in result.stderr and "--ckpt" in result.stderr
 
 

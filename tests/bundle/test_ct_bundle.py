@@ -18,6 +18,8 @@ from monai_iunet.networks import load_weights
 
 from .conftest import CT_BUNDLE, check, run_bundle, verify_and_export
 
+pytestmark = pytest.mark.slow  # runs the CT bundle (make test-fast skips it)
+
 SHIPPED = CT_BUNDLE / "models" / "model.pt"
 TINY_CT = {"roi_size": "[16,16,16]", "num_workers": 0, "cache_rate": 0}
 

@@ -23,10 +23,12 @@ from monai.transforms import Compose, SaveImaged
 
 from monai_iunet.apps.brats.data.studies import stack_modalities, write_studies
 from monai_iunet.apps.brats.labels import MODALITIES
-from monai_iunet.bundle import bundle_parser, handlers_for_rank
+from monai_iunet.bundle import bundle_parser
 from monai_iunet.networks import load_weights
 
 from .conftest import BUNDLE, ROOT, TINY, check, run_bundle, write_json
+
+pytestmark = pytest.mark.slow  # runs the bundle as MONAI Label does (make test-fast skips it)
 
 # MONAI Label sets overrides as Python values, not command-line strings.
 TINY_VALUES = {k: json.loads(v) if isinstance(v, str) else v for k, v in TINY.items()}
@@ -86,7 +88,8 @@ def test_inference_on_one_four_channel_file_equals_the_bundle_runner(trained, da
     assert set(np.unique(label.numpy())) <= _label_values()
 
     # The bundle's own runner on the 4 separate files writes the same label map.
-    datalist = write_json(tmp_path / "list.json", {"testing": [{"image": [str(p) for p in _case_files(dataset, case)]}]})
+    files = [str(p) for p in _case_files(dataset, case)]
+    datalist = write_json(tmp_path / "list.json", {"testing": [{"image": files}]})
     check(run_bundle(["configs/inference.json"], dataset_dir=dataset, data_list_file_path=datalist,
                      ckpt_path=trained / "models" / "model.pt", output_dir=tmp_path / "runner", **TINY))
     written = np.asarray(nib.load(tmp_path / "runner" / f"{case}_seg.nii.gz").dataobj)
@@ -154,21 +157,6 @@ def test_fine_tuning_on_four_channel_files_without_validation(trained, dataset, 
     # MONAI Label lists models/*.pt (shortest name first) as the checkpoints it can serve: only model.pt.
     assert sorted(p.name for p in (app_bundle / "models").glob("*.pt")) == ["model.pt"]
     assert (app_bundle / "models" / "resume" / "last.pt").is_file()
-
-
-def test_distributed_handler_selection_survives_an_inserted_handler():
-    """``multi_gpu_train.json`` picks the handlers of a rank by type: a handler MONAI Label inserts at position 0
-    neither shifts nor drops the others, and no config refers to a handler by its list position."""
-    from ignite.handlers import ProgressBar
-    from monai.handlers import CheckpointLoader, LrScheduleHandler, StatsHandler, TensorBoardStatsHandler
-
-    parser = bundle_parser([BUNDLE / "configs" / "train.json", BUNDLE / "configs" / "multi_gpu_train.json"])
-    for key in parser.get():
-        assert not key.startswith("train#handlers#"), key
-    handlers = [CheckpointLoader("model.pt", {"model": torch.nn.Linear(1, 1)}), ProgressBar(), LrScheduleHandler(torch.optim.lr_scheduler.StepLR(
-        torch.optim.SGD([torch.zeros(1, requires_grad=True)], 0.1), 1)), StatsHandler(), TensorBoardStatsHandler()]
-    assert handlers_for_rank(handlers, 0) == handlers
-    assert handlers_for_rank(handlers, 1) == [handlers[0], handlers[2]]
 
 
 def test_a_tumour_free_crop_still_teaches(tmp_path):

@@ -84,6 +84,7 @@ def test_scan_qc_transform_scores_flags_and_can_be_switched_off(tmp_path):
         ScanQCd("image", tmp_path / "none.pt")
 
 
+@pytest.mark.slow
 def test_qc_lands_in_the_inference_report_and_the_case_is_still_segmented(sphere_study, tmp_path):  # noqa: F811
     weights = save_flow(tmp_path / "qc.pt", threshold=-1.0)  # everything is flagged
     report = bundle_runner(sphere_study, "sphere", tmp_path / "out", scan_qc=True, qc_weights=str(weights)).run()

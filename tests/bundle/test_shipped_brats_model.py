@@ -22,6 +22,8 @@ from monai_iunet.networks import MirrorEnsemble
 from .conftest import BUNDLE, ROOT, check, run_bundle, verify_and_export, write_json
 from .test_monai_label import monai_label_infer
 
+pytestmark = pytest.mark.slow  # loads and runs the shipped ensemble (make test-fast skips it)
+
 SHIPPED = BUNDLE / "models" / "model.pt"
 DATA = ROOT.parent / "shared" / "data"
 METADATA = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
@@ -125,4 +127,5 @@ def test_shipped_ensemble_segments_a_real_brain(tmp_path):
                      output_dir=tmp_path / "fast", write_dicom_seg=False, tta=False, timeout=1200))
     stacked = stack_modalities(images, tmp_path / f"{case}.nii.gz")
     data = monai_label_infer(stacked, SHIPPED, tta=False)
-    np.testing.assert_array_equal(data["pred"][0].numpy(), np.asarray(nib.load(tmp_path / "fast" / f"{case}_seg.nii.gz").dataobj))
+    written = np.asarray(nib.load(tmp_path / "fast" / f"{case}_seg.nii.gz").dataobj)
+    np.testing.assert_array_equal(data["pred"][0].numpy(), written)

@@ -113,6 +113,7 @@ def test_ge_orientation_jitter_and_2d_gaps_are_read_with_the_right_spacing():
     assert sorted(np.round(np.linalg.norm(affine[:3, :3], axis=0), 3)) == pytest.approx([1.016, 1.016, 4.8], abs=1e-3)
 
 
+@pytest.mark.slow
 @needs_data
 @needs_dcmtk
 @pytest.mark.parametrize("syntax", ["jpeg-lossless", "jpeg-ls", "rle", "jpeg2000", "big-endian"])
@@ -214,7 +215,8 @@ def test_ambiguous_t1ce_is_an_error(case, tmp_path):
                                                      ("COR T2 FLAIR", "flair")), start=3):
         write_series(SeriesSpec(description, case.images[modality], case.affine, "3D"), tmp_path, study, number,
                      lambda k, n=number: f"s{n}_{k}")
-    with pytest.raises(CaseError, match=r"(?s)case amb: .*t1ce is ambiguous: 2 series.*'AX T1 POST GAD'.*'T1 \+C AXIAL'"):
+    ambiguous = r"(?s)case amb: .*t1ce is ambiguous: 2 series.*'AX T1 POST GAD'.*'T1 \+C AXIAL'"
+    with pytest.raises(CaseError, match=ambiguous):
         LoadModalitiesd("image")({"study": str(tmp_path), "case": "amb"})
 
 
@@ -284,8 +286,9 @@ def test_seg_refuses_a_label_map_on_another_grid(case, tmp_path):
     shifted[:3, 3] += 4.0  # half a voxel off the lattice
     with pytest.raises(ValueError, match="not on the source series' grid"):
         write_dicom_seg(case.label, shifted, series, tmp_path / "x.dcm", seg_segments(4))
-    write_dicom_seg(case.label[::-1], case.affine @ np.array(  # the same grid with the first axis reversed is fine
-        [[-1, 0, 0, 23], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], float), series, tmp_path / "ok.dcm", seg_segments(4))
+    reversed_first_axis = np.array([[-1, 0, 0, 23], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], float)
+    # the same grid with the first axis reversed is fine
+    write_dicom_seg(case.label[::-1], case.affine @ reversed_first_axis, series, tmp_path / "ok.dcm", seg_segments(4))
 
 
 @pytest.mark.parametrize("description, expected", [

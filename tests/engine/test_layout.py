@@ -87,7 +87,8 @@ def test_channels_last_keeps_no_more_for_backward():
 def test_gradcheck_memory_efficient_core_channels_last():
     core = perturb(InvertibleUNet(3, 4, num_levels=2, blocks_per_level=1, subnet_convs=1), 0.2).double()
     assert core.channels_last and core.memory_efficient
-    names = ["steps.1.matrix.theta", "steps.0.layers.0.f.0.weight", "steps.6.layers.0.g.1.weight"]  # mixing, encoder, decoder
+    # mixing, encoder, decoder
+    names = ["steps.1.matrix.theta", "steps.0.layers.0.f.0.weight", "steps.6.layers.0.g.1.weight"]
     params = {n: p.detach().clone().requires_grad_(True) for n, p in core.named_parameters() if n in names}
     assert len(params) == len(names)
     x = torch.randn(1, 4, 4, 4, 2, dtype=torch.float64).contiguous(memory_format=torch.channels_last_3d)

@@ -68,7 +68,8 @@ def _assert_fp32_gradients_close_to_truth(net, x, steps=1):
         assert e is not None, f"gradient {i} missing"
         t, p, e = t.double(), p.double(), e.double()
         bound = 1e-5 * t.norm() + 4 * (p - t).norm() + resolution
-        assert (e - t).norm() <= bound, f"gradient {i}: error {(e - t).norm():.2e}, bound {bound:.2e} (|g| {t.norm():.2e})"
+        error = (e - t).norm()
+        assert error <= bound, f"gradient {i}: error {error:.2e}, bound {bound:.2e} (|g| {t.norm():.2e})"
 
 
 @pytest.mark.parametrize("coupling", ["additive", "affine"])
@@ -81,7 +82,8 @@ def test_gradients_equal_plain_autograd_fp64(coupling, method):
 
 def test_gradcheck_memory_efficient_core():
     core = perturb(InvertibleUNet(2, 4, num_levels=2, blocks_per_level=1, subnet_convs=1), 0.2).double()
-    names = ["steps.2.matrix.theta", "steps.0.layers.0.f.0.weight", "steps.6.layers.0.g.1.weight"]  # down, encoder, decoder
+    # down, encoder, decoder
+    names = ["steps.2.matrix.theta", "steps.0.layers.0.f.0.weight", "steps.6.layers.0.g.1.weight"]
     params = {n: p.detach().clone().requires_grad_(True) for n, p in core.named_parameters() if n in names}
     assert len(params) == len(names)
     x = torch.randn(1, 4, 4, 4, dtype=torch.float64, requires_grad=True)

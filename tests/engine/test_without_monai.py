@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 _SCRIPT = """
 import sys
 sys.modules["monai"] = None  # any "import monai" now raises ImportError
@@ -32,6 +34,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_engine_and_layers_run_without_monai():
     result = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]

@@ -19,8 +19,10 @@ TEST_CASES = [
     (dict(spatial_dims=1, in_channels=1, out_channels=2, channels=4, num_levels=3), (2, 1, 16), (2, 2, 16)),
     (dict(spatial_dims=2, in_channels=3, out_channels=10, channels=4, num_levels=3), (1, 3, 16, 12), (1, 10, 16, 12)),
     (dict(spatial_dims=2, in_channels=3, out_channels=2, channels=4, num_levels=3), (1, 3, 13, 7), (1, 2, 13, 7)),
-    (dict(spatial_dims=3, in_channels=4, out_channels=3, channels=4, num_levels=3), (1, 4, 16, 16, 8), (1, 3, 16, 16, 8)),
-    (dict(spatial_dims=3, in_channels=4, out_channels=3, channels=4, num_levels=3), (1, 4, 15, 17, 9), (1, 3, 15, 17, 9)),
+    (dict(spatial_dims=3, in_channels=4, out_channels=3, channels=4, num_levels=3), (1, 4, 16, 16, 8),
+     (1, 3, 16, 16, 8)),
+    (dict(spatial_dims=3, in_channels=4, out_channels=3, channels=4, num_levels=3), (1, 4, 15, 17, 9),
+     (1, 3, 15, 17, 9)),
     (dict(spatial_dims=3, in_channels=1, out_channels=1, channels=8, num_levels=3, strides=(2, 2, 1),
           coupling="affine"), (1, 1, 8, 8, 3), (1, 1, 8, 8, 3)),
 ]

@@ -192,7 +192,8 @@ def _scaled_trainer(batches, guard, factor, init_scale, **kwargs):
 
 
 def _vector_batch(case, value=0.5):
-    return {"image": MetaTensor(torch.full((1, 4), value), meta={"filename_or_obj": [case]}), "label": torch.zeros(1, 1)}
+    return {"image": MetaTensor(torch.full((1, 4), value), meta={"filename_or_obj": [case]}),
+            "label": torch.zeros(1, 1)}
 
 
 @pytest.mark.filterwarnings("ignore:User provided device_type of 'cuda'")
@@ -211,7 +212,8 @@ def test_scaled_gradient_overflow_is_left_to_the_grad_scaler():
 def test_gradients_non_finite_without_scaling_are_caught_under_a_scaler():
     guard = NonFiniteGuard(action="raise")
     trainer, net = _scaled_trainer([_vector_batch(f"case{i}") for i in range(6)], guard, float("inf"), 4.0)
-    with pytest.raises(FloatingPointError, match=r"non-finite gradients at gradient scale <= 1 at epoch 1, iteration 3"):
+    message = r"non-finite gradients at gradient scale <= 1 at epoch 1, iteration 3"
+    with pytest.raises(FloatingPointError, match=message):
         trainer.run()  # scale 4 and 2: the scaler's overflow; at scale 1 the unscaled gradient is infinite
     assert guard.scaler_overflows == 2
     assert all(torch.isfinite(p).all() for p in net.parameters())

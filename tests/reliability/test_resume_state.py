@@ -18,6 +18,8 @@ from monai_iunet.handlers import AtomicFileSaver, save_atomically
 
 from ..bundle.conftest import BUNDLE, TRAIN_TINY, check, run_bundle
 
+pytestmark = pytest.mark.slow  # trains through the bundle (make test-fast skips it)
+
 # no validation (the stream of training losses is what is compared), on the phantoms' own grid
 CONFIG = {**{k: v for k, v in TRAIN_TINY.items() if not k.endswith("roi_size")},
           "roi_size": [16, 16, 16], "val_roi_size": [32, 32, 32], "val_interval": 10, "pixdim": [6.0, 6.0, 6.0]}
@@ -50,7 +52,6 @@ def test_a_resumed_run_continues_the_augmentation_stream_of_an_uninterrupted_one
     assert {"grad_scaler", "random_states"} <= set(last)
 
 
-@pytest.mark.slow
 def test_a_distributed_run_resumes(dataset, tmp_path):
     """DDP on 2 CPU processes (gloo): train an epoch, then resume for a second; the checkpoint holds the network's
     own keys (no ``module.``), so it also loads into a single-process run and into the bundle's network_def."""

@@ -34,7 +34,9 @@ def voxel_ml(affine) -> float:
     return float(abs(np.linalg.det(np.asarray(affine, float)[:3, :3]))) / 1000.0
 
 
-def looks_skull_stripped(image, affine, max_brain_ml: float = 2500.0, min_zero_fraction: float = 0.2) -> tuple[bool, str]:
+def looks_skull_stripped(
+    image, affine, max_brain_ml: float = 2500.0, min_zero_fraction: float = 0.2
+) -> tuple[bool, str]:
     """Whether a channel is already skull-stripped: its background is exactly zero and what is not zero is no
     bigger than a brain. BraTS files have 80-87 % zero voxels and 1.2-1.8 L non-zero (all 24 real cases here); raw
     heads have noise in the air (5-7 % exact zeros) or, zero-filled, a head of 4 L or more (and a slab that covers

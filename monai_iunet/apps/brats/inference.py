@@ -156,7 +156,8 @@ class BatchSegmentation:
                     logger.error("case %s: %s failed: %s", name, kind, output["error"])
             if "error" in entry:
                 logger.error("case %s failed: %s", name, entry["error"])
-            logger.info("case %s: %s; wrote %s", name, entry["status"], ", ".join(o["path"] for o in written) or "nothing")
+            logger.info("case %s: %s; wrote %s", name, entry["status"],
+                        ", ".join(o["path"] for o in written) or "nothing")
         summary = {status: sorted(n for n, c in cases.items() if c["status"] == status)
                    for status in ("ok", "partial", "failed")}
         report = {"summary": summary, "cases": cases}

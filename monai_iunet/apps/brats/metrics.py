@@ -58,7 +58,8 @@ def score_label_maps(prediction, label, et_label: int = 4, names: tuple[str, str
     spacing = [float(s) for s in np.linalg.norm(np.asarray(label.affine)[:3, :3], axis=0)]
     pred, true = _regions(prediction.as_tensor(), et_label), _regions(label.as_tensor(), et_label)
     dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(pred, true)[0]
-    hd95 = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(pred, true, spacing=spacing)[0]
+    hd95_metric = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
+    hd95 = hd95_metric(pred, true, spacing=spacing)[0]
     scores = {}
     for i, region in enumerate(REGIONS):
         pred_empty, true_empty = not bool(pred[0, i].any()), not bool(true[0, i].any())
@@ -91,7 +92,8 @@ def score_cases(datalist: list[dict], report: dict, et_label: int = 4) -> dict:
         entry = report["cases"].get(case)
         nifti = (entry or {}).get("outputs", {}).get("nifti", {})
         if nifti.get("status") != "written":
-            raise ValueError(f"case {case}: no prediction written in the inference report ({entry and entry.get('error')}).")
+            raise ValueError(
+                f"case {case}: no prediction written in the inference report ({entry and entry.get('error')}).")
         per_case[case] = score_case(nifti["path"], item["label"], et_label)
     return {"cases": per_case, "summary": summarise(per_case), "n": len(per_case),
             "conventions": {"both_empty": "Dice 1, HD95 0", "one_empty": f"Dice 0, HD95 {EMPTY_HD95} mm"}}

@@ -58,7 +58,8 @@ def write_overview(image: MetaTensor, label: MetaTensor, path: str | Path, et_la
     background, label_ras = to_ras(background)[0].numpy(), to_ras(label)[0].numpy()
     spacing = np.linalg.norm(np.asarray(to_ras(label).affine)[:3, :3], axis=0)
     masks = {region: np.isin(label_ras, values) for region, values in region_labels(et_label).items()}
-    centre = (np.argwhere(masks["WT"]).mean(0) if masks["WT"].any() else np.array(label_ras.shape) / 2).round().astype(int)
+    centre = np.argwhere(masks["WT"]).mean(0) if masks["WT"].any() else np.array(label_ras.shape) / 2
+    centre = centre.round().astype(int)
     low, high = np.percentile(background[background != 0], (1, 99.5)) if (background != 0).any() else (0.0, 1.0)
     background = np.where(background == 0, low, background)  # outside the brain is 0 after normalisation: black
     # (name, slicer, the spacing of the displayed rows and columns); arrays are (R, A, S)

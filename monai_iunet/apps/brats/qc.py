@@ -110,7 +110,8 @@ class ScanQC:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> ScanQC:
-        """A file written by ``scripts/train_flow_qc.py``: ``{"config": IUNetFlow kwargs, "state_dict", "threshold"}``."""
+        """A file written by ``scripts/train_flow_qc.py``:
+        ``{"config": IUNetFlow kwargs, "state_dict", "threshold"}``."""
         saved = torch.load(path, map_location="cpu", weights_only=True)
         flow = IUNetFlow(**saved["config"])
         flow.load_state_dict(saved["state_dict"])

@@ -154,7 +154,8 @@ class LoadModalitiesd(MapTransform):
         try:
             image = self.loader(str(file))
         except Exception as error:  # readers raise many types; name the file whatever they raise
-            raise CaseError(f"case {case}: cannot read {modality} file {file} ({type(error).__name__}: {error})") from error
+            raise CaseError(
+                f"case {case}: cannot read {modality} file {file} ({type(error).__name__}: {error})") from error
         # NIfTI writers put vector data in the 5th dimension (X×Y×Z×1×C): drop the singleton time axis.
         spatial_dims = len(image.meta.get("spatial_shape", image.shape[1:]))
         while image.ndim > spatial_dims + 1 and image.shape[-1] == 1:

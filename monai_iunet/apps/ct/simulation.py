@@ -1,10 +1,11 @@
 """Imperfect 3D CT reconstructions of foam phantoms (the paper's §4.1 task) and the dataset command.
 
-The CT simulation: the phantom is rendered (analytically, no interpolation) in axes where a randomly perturbed
-volume diagonal is the rotation axis, each slice across that axis is projected in parallel beam at a strongly undersampled set of angles, Poisson noise
-is drawn on the transmitted photon counts, each slice is reconstructed by filtered backprojection (ramp filter),
-and the result is rotated back onto the phantom's grid. Projection and FBP use a maintained library:
-``astra-toolbox`` (CPU, default) or scikit-image's ``radon``/``iradon``; astra measured 2-3× faster here.
+The CT simulation: the phantom is rendered (analytically, no interpolation) in axes where a randomly perturbed volume
+diagonal is the rotation axis, each slice across that axis is projected in parallel beam at a strongly undersampled set
+of angles, Poisson noise is drawn on the transmitted photon counts, each slice is reconstructed by filtered
+backprojection (ramp filter), and the result is rotated back onto the phantom's grid. Projection and FBP use a
+maintained library: ``astra-toolbox`` (CPU, default) or scikit-image's ``radon``/``iradon``; astra measured 2-3×
+faster here.
 
     python -m monai_iunet.apps.ct.simulation --output data/foam_ct --train 32 --val 4 --test 8 --size 32
 """
@@ -178,7 +179,8 @@ def write_ct_dataset(
         phantom = render_foam(foam, edge)
         fbp = simulate_fbp(foam, edge, rng, backend=backend, **simulation)
         datalist[split].append(_write_pair(output / f"foam_{index:04d}", f"foam_{index:04d}", phantom, fbp))
-    settings = {"size": size if isinstance(size, int) else sizes, "seed": seed, "backend": backend, **CT_DEFAULTS, **simulation}
+    settings = {"size": size if isinstance(size, int) else sizes, "seed": seed, "backend": backend, **CT_DEFAULTS,
+                **simulation}
     (output / "datalist.json").write_text(json.dumps({**datalist, "simulation": settings}, indent=2))
     return datalist
 
@@ -201,7 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     size = args.size[0] if len(args.size) == 1 else args.size
     datalist = write_ct_dataset(args.output, args.train, args.val, args.test, size, args.seed, args.backend,
                                 angles=args.angles, photons=args.photons or None)
-    print(f"wrote {sum(len(v) for v in datalist.values())} (FBP, ground truth) pairs and datalist.json to {args.output}")
+    pairs = sum(len(v) for v in datalist.values())
+    print(f"wrote {pairs} (FBP, ground truth) pairs and datalist.json to {args.output}")
 
 
 if __name__ == "__main__":

@@ -91,7 +91,8 @@ def test_skull_strip_false_never_runs_the_tool(monkeypatch):
     monkeypatch.setattr(module, "extract_brain", lambda *a, **k: pytest.fail("brain extraction ran"))
     image = torch.rand(4, 8, 8, 8) + 1.0  # no zero background: auto would strip it
     out = SkullStripd("image", mode=False)({"image": image})
-    assert out["brain_extraction"] == {"mode": "false", "modality": "t1ce", "applied": False, "why": "skull_strip: false"}
+    assert out["brain_extraction"] == {"mode": "false", "modality": "t1ce", "applied": False,
+                                       "why": "skull_strip: false"}
     assert torch.equal(out["image"], image)
 
 

@@ -67,7 +67,8 @@ def test_modalities_on_other_grids_are_resampled_in_world_coordinates(tmp_path):
 def test_a_list_of_files_lands_on_the_reference_modality_grid(tmp_path, reference):
     """One rule for every form of input: the reference_modality's grid, not the first file's."""
     grids = {m: np.diag([s, s, s, 1.0]) for m, s in zip(("t1", "t1ce", "t2", "flair"), (2.0, 1.0, 1.5, 1.25))}
-    paths = [_write(tmp_path / f"{m}.nii.gz", np.ones([int(16 / g[0, 0])] * 3, np.float32), g) for m, g in grids.items()]
+    paths = [_write(tmp_path / f"{m}.nii.gz", np.ones([int(16 / g[0, 0])] * 3, np.float32), g)
+             for m, g in grids.items()]
     data = LoadModalitiesd("image", reference_modality=reference, sources_key="sources")({"image": paths})
     np.testing.assert_allclose(data["image"].affine.numpy(), grids[reference])
     assert data["image"].shape[1:] == (int(16 / grids[reference][0, 0]),) * 3

@@ -29,7 +29,9 @@ from pathlib import Path
 
 from ..labels import ET_LABEL, MODALITIES, NAMING
 
-__all__ = ["find_cases", "make_datalist", "fold_split", "split_datalist", "write_datalist", "label_convention", "et_label_of"]
+__all__ = [
+    "find_cases", "make_datalist", "fold_split", "split_datalist", "write_datalist", "label_convention", "et_label_of",
+]
 
 
 def _find(case_dir: Path, suffix: str) -> Path | None:
@@ -70,8 +72,9 @@ def label_convention(cases: list[dict]) -> dict:
         if "label" in case:
             namings.setdefault(case["naming"], []).append(case["case"])
     if len(namings) > 1:
-        listed = "; ".join(f"{len(names)} named as BraTS {n} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
-                           for n, names in sorted(namings.items()))
+        listed = "; ".join(
+            f"{len(names)} named as BraTS {n} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+            for n, names in sorted(namings.items()))
         raise ValueError(f"the labelled cases mix the BraTS naming conventions, whose enhancing-tumour labels differ "
                          f"(2020: 4, 2023: 3): {listed}. Make one datalist per convention.")
     naming = next(iter(namings), "2020")
@@ -102,7 +105,8 @@ def make_datalist(dataset_dir: str | Path, val_fraction: float = 0.2, seed: int 
     datalist = {
         "training": [strip(c) for c in labelled[n_val:]],
         "validation": [strip(c) for c in labelled[:n_val]],
-        "testing": [{"image": c["image"]} for c in cases if "label" not in c] or [{"image": c["image"]} for c in labelled[:n_val]],
+        "testing": [{"image": c["image"]} for c in cases if "label" not in c]
+        or [{"image": c["image"]} for c in labelled[:n_val]],
         "testing_dicom": [{"image": c["dicom"]} for c in cases if "dicom" in c],
         "label_convention": convention,
     }

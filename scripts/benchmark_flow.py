@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """IUNetFlow training memory over depth, memory-efficient vs plain autograd, side by side (issue 20, item 2).
 
-    python scripts/benchmark_flow.py [--device cpu|cuda] [--size 32] [--output docs/benchmarks]
+    python -m scripts.benchmark_flow [--device cpu|cuda] [--size 32] [--output docs/benchmarks]
 
 Each case runs in a fresh process (``benchmarking.run_case``): one training step on the negative
 log-likelihood of a (1, 4, size³) batch; bytes autograd keeps for backward (deterministic), peak memory of the step
@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarking import run_case
+from scripts.benchmarking import run_case
 
 MIB = 2**20
 

@@ -2,7 +2,7 @@
 """Time and peak memory of the BraTS bundle's ``inference.json`` on one case, fp32 vs ``amp: true`` (bf16 autocast on
 CPU), each in a fresh process, alternating, and how much the two outputs differ.
 
-    python scripts/benchmark_inference.py CASE_DIR [--repeats 2] [--output runs/inference_benchmark]
+    python -m scripts.benchmark_inference CASE_DIR [--repeats 2] [--output runs/inference_benchmark]
 
 CASE_DIR holds ``*_t1``, ``*_t1ce``, ``*_t2``, ``*_flair`` NIfTI files (e.g. a BraTS case). Without trained BraTS
 weights (none can be had here) the network has seeded random weights: time and memory do not depend on the weights,
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from benchmarking import run_inference_case
 
 from monai_iunet.bundle import bundle_parser
+from scripts.benchmarking import run_inference_case
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"

@@ -2,7 +2,7 @@
 """Out-of-fold evaluation of the cross-validated BraTS models that ``scripts/train_brats_cv.sh`` trained, the choices
 made on the folds (test-time mirroring, the small-ET threshold, the uncertainty threshold), and the shipped ensemble.
 
-    python scripts/brats_cv_report.py [--runs runs/brats_cv/iunet] [--data ../shared/data] [--ship]
+    python -m scripts.brats_cv_report [--runs runs/brats_cv/iunet] [--data ../shared/data] [--ship]
 
 1. each fold's final weights (``last.pt``'s ``model``: no checkpoint selection; it loads into a one-member
    ``MirrorEnsemble``); a fold trained in stages (``RESUME=True``) counts all its steps and wall time;

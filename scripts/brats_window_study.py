@@ -7,7 +7,7 @@ added to ``../shared/data`` later. Each case is pre-processed once; every window
 the postprocessing (probabilities back on the 1 mm input grid, thresholded there) and is scored against the expert
 label (BraTS conventions, ``metrics.score_label_maps``).
 
-    python scripts/brats_window_study.py [--data ../shared/data] [--output docs/benchmarks/brats_window.json]
+    python -m scripts.brats_window_study [--data ../shared/data] [--output docs/benchmarks/brats_window.json]
 
 Settings: window 64³ / 96³ / 128³ (overlap 0.5, Gaussian blending) on the whole 2 mm volume and on the brain's
 bounding box (``CropForegroundd`` before the window, inverted by ``Invertd``); at the training crop, overlap 0.25

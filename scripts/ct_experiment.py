@@ -19,7 +19,7 @@ PSNR and SSIM (MONAI's metrics, data range 1) on the held-out test volumes, mean
 the best U-Net and the best iUNet, like the paper's Fig. 6), and copies the blowup-8 iUNet (the bundle's default
 network) to the bundle's ``models/model.pt`` with ``--ship``.
 
-    python scripts/ct_experiment.py [--epochs 10] [--size 32] [--output runs/ct_experiment] [--ship]
+    python -m scripts.ct_experiment [--epochs 10] [--size 32] [--output runs/ct_experiment] [--ship]
 """
 
 from __future__ import annotations
@@ -71,9 +71,8 @@ def raw_metric(eval_dir: Path, name: str) -> list[float]:
 
 def train_and_evaluate(name: str, data: Path, out: Path, epochs: int, previous: dict | None = None) -> dict:
     """Train ``name`` for ``epochs`` through the bundle (unless its model exists), evaluate it on the test volumes."""
-    from benchmarking import run_case
-
     from monai_iunet.bundle import run_bundle
+    from scripts.benchmarking import run_case
 
     label, blowup, network_def = MODELS[name]
     folder = out / name
@@ -165,7 +164,7 @@ def report(results: list[dict], args, settings: dict, prediction_mib: float) -> 
     unet8 = next((r for r in results if r["name"] == "unet8"), None)
     lines = [
         "# Learned post-processing of undersampled 3D CT: U-Net vs iUNet (the paper's Table 1, CPU scale)", "",
-        f"`python scripts/ct_experiment.py --epochs {args.epochs} --unet-epochs {args.unet_epochs} --size {args.size}`"
+        f"`python -m scripts.ct_experiment --epochs {args.epochs} --unet-epochs {args.unet_epochs} --size {args.size}`"
         " — foam phantoms "
         f"{args.size}³ ({args.train} training, {args.val} validation, {args.test} test volumes; "
         f"`python -m monai_iunet.apps.ct.simulation`): parallel beam, {settings['angles']} angles over 180° about a "

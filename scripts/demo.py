@@ -12,7 +12,7 @@ localizer, diffusion and ADC series) with its outputs in ``pred_study/``; ``ship
 a real BraTS case (when ``../shared/data`` is there: its volumes, uncertainty verdict and overview picture) or on
 the synthetic study (which says nothing about accuracy: the phantoms are not brains).
 
-    python scripts/demo.py [--epochs 40] [--cases 16] [--output runs/demo]
+    python -m scripts.demo [--epochs 40] [--cases 16] [--output runs/demo]
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 FBP reconstructions → a short training of the bundle's iUNet (identity-initialised) → evaluation on held-out
 volumes against FBP → a PNG of slices (ground truth, FBP, the demo model, the bundle's shipped model).
 
-    python scripts/demo_ct.py [--epochs 4] [--output runs/demo_ct]
+    python -m scripts.demo_ct [--epochs 4] [--output runs/demo_ct]
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -20,9 +19,7 @@ import numpy as np
 
 from monai_iunet.apps.ct.simulation import write_ct_dataset
 from monai_iunet.bundle import run_bundle
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ct_experiment import BUNDLE, predict, slices_png  # noqa: E402
+from scripts.ct_experiment import BUNDLE, predict, slices_png
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Evaluate the scan-QC flow against the intensity-histogram baseline (issue 20): ``docs/benchmarks/flow_qc.md``.
 
-    python scripts/flow_qc_report.py        # after scripts/train_flow_qc.py (prepare, the three folds, all, ship)
+    python -m scripts.flow_qc_report        # after scripts/train_flow_qc.py (prepare, the three folds, all, ship)
 
 In-distribution: the 24 real BraTS cases, each scored by the fold flow that never saw it. Out-of-distribution,
 built from real data: each held-out case with a shift (scored by its fold's flow), and inputs that are not BraTS
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +24,12 @@ import torch
 from monai.transforms import RandBiasField
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT))
-
-from train_flow_qc import (  # noqa: E402
+from monai_iunet.apps.brats.labels import MODALITIES
+from monai_iunet.apps.brats.qc import INTENSITY_RANGE, LEVELS, quantise
+from monai_iunet.apps.brats.transforms import LoadModalitiesd
+from monai_iunet.dicom.geometry import volume_to_metatensor
+from monai_iunet.dicom.series import index_dicom_files, read_series_volume
+from scripts.train_flow_qc import (
     DATA,
     SHIPPED,
     WORK,
@@ -41,11 +41,7 @@ from train_flow_qc import (  # noqa: E402
     score,
 )
 
-from monai_iunet.apps.brats.labels import MODALITIES  # noqa: E402
-from monai_iunet.apps.brats.qc import INTENSITY_RANGE, LEVELS, quantise  # noqa: E402
-from monai_iunet.apps.brats.transforms import LoadModalitiesd  # noqa: E402
-from monai_iunet.dicom.geometry import volume_to_metatensor  # noqa: E402
-from monai_iunet.dicom.series import index_dicom_files, read_series_volume  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 OUT = ROOT / "docs" / "benchmarks"
 BINS = 64

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Train the BraTS bundle's scan-QC flow (issue 20) on the real BraTS cases, cross-validated, and ship it.
 
-    python scripts/train_flow_qc.py prepare                 # the 24 cases through the bundle's pre-processing
-    python scripts/train_flow_qc.py train --run fold0       # one run (fold0, fold1, fold2 or all); resumable
-    python scripts/train_flow_qc.py ship                    # OOF scores -> threshold; writes models/qc_flow.pt
+    python -m scripts.train_flow_qc prepare                 # the 24 cases through the bundle's pre-processing
+    python -m scripts.train_flow_qc train --run fold0       # one run (fold0, fold1, fold2 or all); resumable
+    python -m scripts.train_flow_qc ship                    # OOF scores -> threshold; writes models/qc_flow.pt
 
 The recipe is fixed here before any run (``RECIPE``) and the same for every run: the folds (``FOLDS``, seeded over
 the sorted case names) give every case a score from a flow that never saw it; those out-of-fold scores calibrate
@@ -19,7 +19,6 @@ import json
 import os
 import random
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,13 +26,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from monai_iunet.apps.brats.labels import MODALITIES
+from monai_iunet.apps.brats.qc import QC_SHAPE, bits_per_dim, qc_levels, robust_threshold
+from monai_iunet.bundle import bundle_parser
+from monai_iunet.networks import IUNetFlow
 
-from monai_iunet.apps.brats.labels import MODALITIES  # noqa: E402
-from monai_iunet.apps.brats.qc import QC_SHAPE, bits_per_dim, qc_levels, robust_threshold  # noqa: E402
-from monai_iunet.bundle import bundle_parser  # noqa: E402
-from monai_iunet.networks import IUNetFlow  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DATA = ROOT.parent / "shared" / "data"
 WORK = ROOT / "runs" / "flow_qc"
@@ -197,7 +195,7 @@ def ship() -> None:
                    "rule": RECIPE["threshold"], "recipe": {k: v for k, v in RECIPE.items() if k != "flow"},
                    "training_s": final["training_s"], "commit": commit, "threads": 1,
                    "wall_time": "two runs at a time, one CPU thread each: fold0+fold1, then fold2+all, ~24 min each",
-                   "command": "python scripts/train_flow_qc.py prepare; ... train --run fold0|fold1|fold2|all; "
+                   "command": "python -m scripts.train_flow_qc prepare; ... train --run fold0|fold1|fold2|all; "
                               "... ship",
                    "qc_shape": list(QC_SHAPE)}
     torch.save({"config": final["config"], "state_dict": final["state_dict"], "threshold": threshold,

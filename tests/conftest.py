@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,9 +10,6 @@ from hypothesis import settings
 
 from monai_iunet.apps.brats.data.datalist import write_datalist
 from monai_iunet.apps.brats.data.synthetic import write_dataset
-
-# The benchmark harness is development tooling in scripts/ (not installed with the package); tests import it there.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True)
 settings.register_profile("dev", max_examples=25, deadline=None)

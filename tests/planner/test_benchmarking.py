@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from benchmarking import FLOWS, NETWORKS, build_network, reference_available, run_case
 from torch.utils.flop_counter import FlopCounterMode
+
+from scripts.benchmarking import FLOWS, NETWORKS, build_network, reference_available, run_case
 
 
 def _forward_flops(net: torch.nn.Module, size: int) -> int:

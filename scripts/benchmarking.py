@@ -1,8 +1,9 @@
 """Measure one training step — peak memory, step time, parameters, forward FLOPs — each case in a fresh process.
 
 Development tooling, not part of the installed package (``scripts.benchmarking``). Used by ``scripts/benchmark.py``
-(the side-by-side tables in ``docs/benchmarks/``) and by the tests that hold the memory planner to measurements. A case is a JSON-able dict; :func:`run_case` measures
-it in a new Python process so that peaks never leak from one case into the next:
+(the side-by-side tables in ``docs/benchmarks/``) and by the tests that hold the memory planner to measurements. A
+case is a JSON-able dict; :func:`run_case` measures it in a new Python process so that peaks never leak from one case
+into the next:
 
 * CPU: the peak anonymous resident memory of the training steps after the warm-up step (``VmHWM``, reset through
   ``/proc/self/clear_refs``, less the file-backed and shared pages, i.e. less the ~100 MiB of PyTorch's code that

@@ -32,10 +32,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
-from monai_iunet.apps.brats.data.datalist import write_datalist  # noqa: E402
+from monai_iunet.apps.brats.data.datalist import et_label_of, write_datalist  # noqa: E402
 from monai_iunet.apps.brats.data.synthetic import write_dataset, write_pacs_study  # noqa: E402
-from monai_iunet.apps.brats.labels import MODALITIES  # noqa: E402
+from monai_iunet.apps.brats.labels import MODALITIES, region_labels  # noqa: E402
 from monai_iunet.apps.brats.metrics import score_case  # noqa: E402
+from monai_iunet.apps.brats.overview import CONTOURS, draw_planes, ras_volume  # noqa: E402
 from monai_iunet.bundle import run_bundle  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,22 +53,20 @@ def region_dice(eval_dir: Path) -> dict[str, float]:
         return {row[0]: float(row[1]) for row in csv.reader(f) if len(row) == 2}
 
 
-def overlay(flair: Path, truth: Path, prediction: Path, output: Path) -> None:
-    """FLAIR slices through the tumour centre, ground truth and prediction as coloured overlays."""
-    image, gt, pred = (np.asarray(nib.load(p).dataobj) for p in (flair, truth, prediction))
-    centre = [int(round(c)) for c in np.argwhere(gt > 0).mean(0)]
-    colours = np.array([[0, 0, 0, 0], [1, 0.2, 0.2, 0.6], [0.2, 1, 0.2, 0.45], [1, 1, 0, 0.6], [1, 1, 0, 0.6]])
+def overlay(flair: Path, truth: Path, prediction: Path, output: Path, et_label: int) -> None:
+    """FLAIR in three planes through the tumour centre, the ground truth's and the prediction's regions as
+    contours (the overview's colours)."""
+    image, spacing = ras_volume(flair)
+    (gt, _), (pred, _) = ras_volume(truth), ras_volume(prediction)
+    centre = np.argwhere(gt > 0).mean(0)
     fig, axes = plt.subplots(2, 3, figsize=(10, 7))
     for row, (title, label) in enumerate((("ground truth", gt), ("IUNet prediction", pred))):
-        for col, axis in enumerate((2, 1, 0)):
-            index = [slice(None)] * 3
-            index[axis] = centre[axis]
-            ax = axes[row, col]
-            ax.imshow(np.rot90(image[tuple(index)]), cmap="gray")
-            ax.imshow(np.rot90(colours[np.clip(label[tuple(index)], 0, 4)]))
-            ax.set_title(f"{title}, {('axial', 'coronal', 'sagittal')[col]}")
-            ax.axis("off")
-    fig.suptitle("FLAIR with labels: red necrotic core, green edema, yellow enhancing tumour")
+        regions = {name: np.isin(label, values) for name, values in region_labels(et_label).items()}
+        draw_planes(axes[row], image, [(regions[name], colour) for name, colour in CONTOURS], centre, spacing,
+                    (0.0, float(np.percentile(image, 99.5))),
+                    titles=tuple(f"{title}, {plane}" for plane in ("axial", "coronal", "sagittal")),
+                    title_colour="black")
+    fig.suptitle("FLAIR with the regions: whole tumour yellow, tumour core red, enhancing tumour cyan")
     fig.tight_layout()
     fig.savefig(output, dpi=100)
     plt.close(fig)
@@ -166,7 +165,8 @@ def main() -> None:
     case = demo_list["testing"][0]
     name = Path(case["label"]).parent.name
     png = out / "overlay.png"
-    overlay(data / case["image"][3], data / case["label"], out / "pred_nifti" / f"{name}_seg.nii.gz", png)
+    overlay(data / case["image"][3], data / case["label"], out / "pred_nifti" / f"{name}_seg.nii.gz", png,
+            et_label_of(datalist))
 
     study_case = data / datalist["testing_dicom"][0]["image"][0]
     study_case = Path(str(study_case)).parents[1]  # <case>/dicom/t1 -> <case>

@@ -13,7 +13,7 @@ from monai.transforms import Orientation, ResampleToMatch
 
 from .labels import region_labels
 
-__all__ = ["write_overview", "verdicts"]
+__all__ = ["write_overview", "verdicts", "draw_planes", "ras_volume"]
 
 # region, colour (matplotlib names): the colours BraTS figures commonly use
 CONTOURS = (("WT", "yellow"), ("TC", "red"), ("ET", "cyan"))
@@ -35,6 +35,49 @@ def verdicts(entry: dict) -> list[str]:
     return lines
 
 
+def ras_volume(image) -> tuple[np.ndarray, np.ndarray]:
+    """A 3D image (a ``MetaTensor`` with one channel, or a NIfTI file) as a numpy volume in RAS axes, and its voxel
+    spacing in mm, ready for :func:`draw_planes`."""
+    if not isinstance(image, MetaTensor):
+        from monai.transforms import LoadImage
+
+        image = LoadImage(image_only=True, ensure_channel_first=True)(str(image))
+    ras = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(image)
+    return np.asarray(ras[0], dtype=float), np.linalg.norm(np.asarray(ras.affine)[:3, :3], axis=0)
+
+
+def draw_planes(axes, background: np.ndarray, contours: list[tuple[np.ndarray, str]], centre, spacing,
+                window: tuple[float, float], titles: tuple[str, str, str] = ("axial", "coronal", "sagittal"),
+                title_colour: str = "white") -> None:
+    """The axial, coronal and sagittal planes through ``centre`` of a RAS volume (:func:`ras_volume`) on three
+    matplotlib axes, in the radiological display (patient right on the viewer's left in axial and coronal), each at
+    its true aspect ratio, with each ``(mask, colour)`` drawn as a contour.
+
+    Args:
+        axes: three matplotlib axes.
+        background: the grey-scale volume (R, A, S).
+        contours: masks on the background's grid and their matplotlib colours.
+        centre: the voxel the three planes go through.
+        spacing: voxel spacing (mm) along R, A, S.
+        window: grey values shown black and white.
+    """
+    r, a, s = (int(round(c)) for c in centre)
+    # (cut, spacing of the displayed rows and columns, flip left-right)
+    planes = ((lambda v: v[:, :, s].T, (spacing[1], spacing[0]), True),
+              (lambda v: v[:, a, :].T, (spacing[2], spacing[0]), True),
+              (lambda v: v[r, :, :].T, (spacing[2], spacing[1]), False))
+    for ax, title, (cut, (row, col), flip) in zip(axes, titles, planes):
+        def show(volume, cut=cut, flip=flip):
+            return np.flip(cut(volume), 1) if flip else cut(volume)
+
+        ax.imshow(show(background), cmap="gray", vmin=window[0], vmax=window[1], origin="lower", aspect=row / col)
+        for mask, colour in contours:
+            if show(mask).any():
+                ax.contour(show(mask).astype(float), levels=[0.5], colors=colour, linewidths=1.0)
+        ax.set_title(title, color=title_colour)
+        ax.axis("off")
+
+
 def write_overview(image: MetaTensor, label: MetaTensor, path: str | Path, et_label: int = 4, entry: dict | None = None,
                    channel: int = 1) -> Path:
     """Draw the overview of one case.
@@ -53,31 +96,15 @@ def write_overview(image: MetaTensor, label: MetaTensor, path: str | Path, et_la
     import matplotlib.pyplot as plt
 
     entry = entry or {}
-    background = ResampleToMatch(mode="bilinear")(image[channel : channel + 1], label)
-    to_ras = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))
-    background, label_ras = to_ras(background)[0].numpy(), to_ras(label)[0].numpy()
-    spacing = np.linalg.norm(np.asarray(to_ras(label).affine)[:3, :3], axis=0)
+    background, _ = ras_volume(ResampleToMatch(mode="bilinear")(image[channel : channel + 1], label))
+    label_ras, spacing = ras_volume(label)
     masks = {region: np.isin(label_ras, values) for region, values in region_labels(et_label).items()}
     centre = np.argwhere(masks["WT"]).mean(0) if masks["WT"].any() else np.array(label_ras.shape) / 2
-    centre = centre.round().astype(int)
     low, high = np.percentile(background[background != 0], (1, 99.5)) if (background != 0).any() else (0.0, 1.0)
     background = np.where(background == 0, low, background)  # outside the brain is 0 after normalisation: black
-    # (name, slicer, the spacing of the displayed rows and columns); arrays are (R, A, S)
-    planes = (("axial", lambda a: a[:, :, centre[2]].T, (spacing[1], spacing[0])),
-              ("coronal", lambda a: a[:, centre[1], :].T, (spacing[2], spacing[0])),
-              ("sagittal", lambda a: a[centre[0], :, :].T, (spacing[2], spacing[1])))
     figure, axes = plt.subplots(1, 3, figsize=(12, 5.2), facecolor="black")
-    for ax, (name, cut, (row, col)) in zip(axes, planes):
-        # radiological convention for axial/coronal: patient right on the viewer's left (R increases to the left)
-        def show(a, cut=cut, flip=name != "sagittal"):
-            return np.flip(cut(a), 1) if flip else cut(a)
-
-        ax.imshow(show(background), cmap="gray", vmin=low, vmax=high, origin="lower", aspect=row / col)
-        for region, colour in CONTOURS:
-            if show(masks[region]).any():
-                ax.contour(show(masks[region]).astype(float), levels=[0.5], colors=colour, linewidths=1.0)
-        ax.set_title(name, color="white")
-        ax.axis("off")
+    draw_planes(axes, background, [(masks[region], colour) for region, colour in CONTOURS], centre, spacing,
+                (low, high))
     volumes = entry.get("volumes_ml") or {}
     lines = ["  ".join(f"{name} {volumes[name]:.1f} mL" for name in ("WT", "TC", "ET", "NCR", "ED") if name in volumes)]
     lines += verdicts(entry)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["BUNDLES", "bundle_path", "bundle_parser", "network_def", "run_bundle"]
+__all__ = ["BUNDLES", "bundle_path", "bundle_parser", "network_def", "bundle_command", "run_bundle"]
 
 BUNDLES = ("brats_iunet_segmentation", "ct_iunet_postprocessing")
 
@@ -76,13 +76,22 @@ def network_def(config: str | Path | Mapping, instantiate: bool = True, **overri
     return {key: value for key, value in arguments.items() if not key.startswith("_")}
 
 
-def run_bundle(bundle: str | Path, configs: list, log: str | Path | None = None, **overrides) -> None:
-    """``python -m monai.bundle run`` in ``bundle`` (a fresh process) with ``configs`` layered and ``--key value``
-    overrides; the command is printed, its output goes to the console or appended to ``log``. Raises
-    ``subprocess.CalledProcessError`` if the run fails."""
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", repr([str(c) for c in configs])]
+def bundle_command(configs: Sequence, launcher: Sequence[str] | None = None, **overrides) -> list[str]:
+    """The command line of ``monai.bundle run`` with ``configs`` layered (later files replace earlier keys) and
+    ``--key value`` overrides; ``launcher`` replaces the Python interpreter (e.g. ``torchrun`` arguments, or
+    ``[python, "-c", wrapper]`` for a wrapper that runs ``monai.bundle`` itself)."""
+    command = [*(launcher or [sys.executable, "-m", "monai.bundle"]), "run",
+               "--config_file", repr([str(c) for c in configs])]
     for key, value in overrides.items():
         command += [f"--{key}", str(value)]
+    return command
+
+
+def run_bundle(bundle: str | Path, configs: list, log: str | Path | None = None, **overrides) -> None:
+    """``python -m monai.bundle run`` in ``bundle`` (a fresh process; :func:`bundle_command`); the command is
+    printed, its output goes to the console or appended to ``log``. Raises ``subprocess.CalledProcessError`` if the
+    run fails."""
+    command = bundle_command(configs, **overrides)
     if log is None:
         print("\n$ " + " ".join(command[1:]), flush=True)
         subprocess.run(command, cwd=bundle, check=True)

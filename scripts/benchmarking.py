@@ -286,6 +286,7 @@ def run_inference_case(bundle, case_dir, out, model, configs=(), **overrides) ->
     from pathlib import Path
 
     from monai_iunet.apps.brats.labels import MODALITIES
+    from monai_iunet.bundle import bundle_command
 
     bundle, case_dir, out = Path(bundle), Path(case_dir).resolve(), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -294,11 +295,9 @@ def run_inference_case(bundle, case_dir, out, model, configs=(), **overrides) ->
     datalist.write_text(json.dumps({"testing": [{"image": images, "case": case_dir.name}]}))
     files = [str(bundle / "configs" / "inference.json"), *(str(c) for c in configs)]
     # The child reports its own peak RSS: RUSAGE_CHILDREN would give the largest of all runs so far.
-    command = [sys.executable, "-c", _PEAK_RSS_WRAPPER, "run", "--config_file", repr(files),
-               "--bundle_root", str(bundle), "--data_list_file_path", str(datalist), "--dataset_dir", str(out),
-               "--ckpt_path", str(model), "--output_dir", str(out), "--write_dicom_seg", "False"]
-    for key, value in overrides.items():
-        command += [f"--{key}", str(value)]
+    command = bundle_command(files, [sys.executable, "-c", _PEAK_RSS_WRAPPER], bundle_root=bundle,
+                             data_list_file_path=datalist, dataset_dir=out, ckpt_path=model, output_dir=out,
+                             write_dicom_seg=False, **overrides)
     start = time.perf_counter()
     result = subprocess.run(command, check=True, capture_output=True, text=True)
     seconds = time.perf_counter() - start

@@ -27,8 +27,9 @@ import torch
 from tqdm import tqdm
 
 from monai_iunet.apps.brats.labels import MODALITIES
-from monai_iunet.apps.brats.qc import QC_SHAPE, bits_per_dim, qc_levels, robust_threshold
+from monai_iunet.apps.brats.qc import QC_SHAPE, bits_per_dim, load_qc_flow, qc_levels, robust_threshold, save_qc_flow
 from monai_iunet.bundle import bundle_parser
+from monai_iunet.handlers import save_atomically
 from monai_iunet.networks import IUNetFlow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +118,7 @@ def train(run: str) -> None:
     generator = torch.Generator().manual_seed(RECIPE["seed"])
     state_file, step, elapsed = out / "state.pt", 0, 0.0
     if state_file.is_file():
-        state = torch.load(state_file, weights_only=False)  # our own file: includes RNG states
+        state = torch.load(state_file, weights_only=True)
         flow.load_state_dict(state["flow"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
@@ -150,12 +151,11 @@ def train(run: str) -> None:
         progress.set_postfix(bpd=f"{float(loss):.3f}")
         if step % 50 == 0 or step == RECIPE["steps"]:
             log.flush()
-            torch.save({"flow": flow.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                        "elapsed": elapsed, "generator": generator.get_state(), "torch_rng": torch.get_rng_state()},
-                       out / "state.tmp")
-            os.replace(out / "state.tmp", state_file)
-    torch.save({"config": RECIPE["flow"], "state_dict": flow.state_dict(), "cases": cases,
-                "training_s": round(elapsed, 1), "commit": _commit()}, out / "flow.pt")
+            save_atomically({"flow": flow.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                             "elapsed": elapsed, "generator": generator.get_state(),
+                             "torch_rng": torch.get_rng_state()}, state_file)
+    save_qc_flow(out / "flow.pt", RECIPE["flow"], flow.state_dict(), cases=cases, training_s=round(elapsed, 1),
+                 commit=_commit())
     print(f"{run}: {step} steps, {elapsed:.0f} s -> {out / 'flow.pt'}")
 
 
@@ -164,10 +164,7 @@ def _commit() -> str:
 
 
 def load_flow(path: Path) -> IUNetFlow:
-    saved = torch.load(path, weights_only=True)
-    flow = IUNetFlow(**saved["config"])
-    flow.load_state_dict(saved["state_dict"])
-    return flow.eval()
+    return load_qc_flow(path)[0]
 
 
 @torch.no_grad()
@@ -187,7 +184,7 @@ def out_of_fold_scores() -> dict[str, float]:
 def ship() -> None:
     oof = out_of_fold_scores()
     threshold = robust_threshold(list(oof.values()))
-    final = torch.load(WORK / "all" / "flow.pt", weights_only=True)
+    flow, final = load_qc_flow(WORK / "all" / "flow.pt")
     # the commit the runs trained at (recorded by train(); TRAINING_COMMIT for runs made before it was)
     commit = final.get("commit") or os.environ.get("TRAINING_COMMIT") or _commit()
     calibration = {"out_of_fold_bits_per_dim": {c: round(s, 4) for c, s in sorted(oof.items())},
@@ -198,8 +195,8 @@ def ship() -> None:
                    "command": "python -m scripts.train_flow_qc prepare; ... train --run fold0|fold1|fold2|all; "
                               "... ship",
                    "qc_shape": list(QC_SHAPE)}
-    torch.save({"config": final["config"], "state_dict": final["state_dict"], "threshold": threshold,
-                "calibration": json.dumps(calibration)}, SHIPPED)
+    save_qc_flow(SHIPPED, final["config"], flow.state_dict(), threshold=threshold,
+                 calibration=json.dumps(calibration))
     (WORK / "calibration.json").write_text(json.dumps({"threshold": threshold, **calibration}, indent=1))
     print(f"threshold {threshold:.4f} bits/dim ({len(calibration['flagged_out_of_fold'])} of {len(oof)} "
           f"out-of-fold cases above it) -> {SHIPPED}")

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from monai_iunet.bundle import bundle_command
+
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
 CT_BUNDLE = ROOT / "bundles" / "ct_iunet_postprocessing"
@@ -30,10 +32,11 @@ TRAIN_TINY = {**TINY, "val_roi_size": "[32,32,32]", "epochs": 1, "val_interval":
 
 def run_bundle(configs: list[str], cwd: Path = BUNDLE, launcher: list[str] | None = None, timeout: float = 600,
                **overrides):
-    command = (launcher or [sys.executable]) + ["-m", "monai.bundle", "run", "--config_file", repr(configs)]
-    for key, value in overrides.items():
-        command += [f"--{key}", str(value)]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    """``monai.bundle run`` in ``cwd``, its output captured: the completed process (``check`` it, or look at a
+    failure)."""
+    launcher = [*launcher, "-m", "monai.bundle"] if launcher else None
+    return subprocess.run(bundle_command(configs, launcher, **overrides), cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def verify_and_export(bundle: Path, weights: Path, torchscript: Path) -> torch.jit.ScriptModule:

@@ -16,12 +16,15 @@ from monai_iunet.apps.brats.qc import (
     INTENSITY_RANGE,
     LEVELS,
     QC_SHAPE,
+    ScanQC,
     ScanQCd,
     bits_per_dim,
     dequantise,
+    load_qc_flow,
     qc_volume,
     quantise,
     robust_threshold,
+    save_qc_flow,
 )
 from monai_iunet.bundle import bundle_parser
 from monai_iunet.networks import IUNetFlow
@@ -66,6 +69,20 @@ def test_levels_round_trip_and_units():
     dims = levels[0].numel()
     expected = -(standard_normal_log_prob(x) + dims * math.log(step)) / (dims * math.log(2))
     torch.testing.assert_close(bits_per_dim(flow, levels.double()), expected)
+
+
+def test_qc_flow_file_round_trip_and_a_training_flow_is_not_a_shipped_one(tmp_path):
+    config = {"spatial_dims": 3, "in_channels": 4, "num_levels": 1, "blocks_per_level": 1}
+    torch.manual_seed(0)
+    flow = IUNetFlow(**config)
+    save_qc_flow(tmp_path / "run.pt", config, flow.state_dict(), cases=["a"])
+    with pytest.raises(ValueError, match="without a threshold"):
+        ScanQC.load(tmp_path / "run.pt")
+    save_qc_flow(tmp_path / "shipped.pt", config, flow.state_dict(), threshold=4.5, calibration="{}")
+    loaded, fields = load_qc_flow(tmp_path / "shipped.pt")
+    assert fields == {"config": config, "threshold": 4.5, "calibration": "{}"} and not loaded.training
+    assert all(torch.equal(a, b) for a, b in zip(flow.state_dict().values(), loaded.state_dict().values()))
+    assert ScanQC.load(tmp_path / "shipped.pt").threshold == 4.5
 
 
 def test_robust_threshold():

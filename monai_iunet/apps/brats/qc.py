@@ -27,10 +27,11 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from torch import Tensor
 
+from ...handlers import save_atomically
 from ...networks.flow import IUNetFlow
 
 __all__ = ["QC_SPACING", "QC_SHAPE", "INTENSITY_RANGE", "LEVELS", "qc_volume", "qc_levels", "quantise", "dequantise",
-           "bits_per_dim", "ScanQC", "ScanQCd", "robust_threshold"]
+           "bits_per_dim", "save_qc_flow", "load_qc_flow", "ScanQC", "ScanQCd", "robust_threshold"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,22 @@ def robust_threshold(scores: Sequence[float], z: float = 4.0) -> float:
     return median + z * 1.4826 * float(np.median(np.abs(values - median)))
 
 
+def save_qc_flow(path: str | Path, config: dict, state_dict: dict, **fields) -> Path:
+    """Write a QC flow file (atomically): ``{"config": IUNetFlow kwargs, "state_dict", **fields}``; the shipped one
+    (``models/qc_flow.pt``) has the fields ``threshold`` (bits/dim) and ``calibration`` (a JSON string)."""
+    save_atomically({"config": dict(config), "state_dict": state_dict, **fields}, path)
+    return Path(path)
+
+
+def load_qc_flow(path: str | Path) -> tuple[IUNetFlow, dict]:
+    """A QC flow file (:func:`save_qc_flow`): the flow, in eval mode, and the file's other fields (``config``
+    included)."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    flow = IUNetFlow(**saved["config"])
+    flow.load_state_dict(saved.pop("state_dict"))
+    return flow.eval(), saved
+
+
 class ScanQC:
     """A trained QC flow with its threshold (from :meth:`load`), scoring pre-processed cases in bits/dim."""
 
@@ -110,12 +127,11 @@ class ScanQC:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> ScanQC:
-        """A file written by ``scripts/train_flow_qc.py``:
-        ``{"config": IUNetFlow kwargs, "state_dict", "threshold"}``."""
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        flow = IUNetFlow(**saved["config"])
-        flow.load_state_dict(saved["state_dict"])
-        return cls(flow, saved["threshold"], device)
+        """A QC flow file with its threshold (:func:`save_qc_flow`; the shipped one is ``models/qc_flow.pt``)."""
+        flow, fields = load_qc_flow(path)
+        if "threshold" not in fields:
+            raise ValueError(f"{path} is a QC flow without a threshold (a training run's flow.pt, not a shipped one).")
+        return cls(flow, fields["threshold"], device)
 
     @torch.no_grad()
     def score(self, image) -> float:

@@ -4,7 +4,11 @@ application), and the benchmark harness is not installed."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 import monai_iunet
 
@@ -99,3 +103,15 @@ def test_the_check_sees_a_wrong_import(tmp_path):
 def test_benchmark_harness_is_not_in_the_package():
     assert not (PACKAGE / "benchmarking.py").exists()
     assert (ROOT / "scripts" / "benchmarking.py").is_file()
+
+
+@pytest.mark.slow
+def test_scoring_imports_neither_the_loaders_nor_registration():
+    """``apps.brats.metrics`` scores label maps: it must not drag in the loaders (DICOM, elastix registration) or
+    deepbet (MONAI itself imports ITK)."""
+    code = ("import sys, monai_iunet.apps.brats.metrics\n"
+            "heavy = [m for m in ('monai_iunet.apps.brats.transforms', 'monai_iunet.apps.brats.registration',"
+            " 'deepbet', 'highdicom') if m in sys.modules]\n"
+            "assert not heavy, heavy")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -220,7 +220,7 @@ def test_model_zoo_checker_steps(source, tmp_path):
     ],
 )
 def test_case_names(item, expected):
-    from monai_iunet.apps.brats.transforms import case_name
+    from monai_iunet.apps.brats.cases import case_name
 
     assert case_name(item) == expected
 

@@ -15,9 +15,10 @@ import pydicom
 import pytest
 import torch
 
+from monai_iunet.apps.brats.cases import CaseError
 from monai_iunet.apps.brats.data.synthetic import make_case, write_pacs_study
 from monai_iunet.apps.brats.labels import SERIES_RULES, seg_segments
-from monai_iunet.apps.brats.transforms import CaseError, LoadModalitiesd
+from monai_iunet.apps.brats.transforms import LoadModalitiesd
 from monai_iunet.dicom.geometry import volume_to_metatensor
 from monai_iunet.dicom.seg import write_dicom_seg
 from monai_iunet.dicom.selection import SelectionError, select_series

@@ -14,7 +14,8 @@ from monai.losses import DiceLoss
 from pydicom.data import get_testdata_file
 
 from monai_iunet import IUNet
-from monai_iunet.apps.brats.transforms import CaseError, LoadModalitiesd
+from monai_iunet.apps.brats.cases import CaseError
+from monai_iunet.apps.brats.transforms import LoadModalitiesd
 from monai_iunet.bundle import bundle_parser
 from monai_iunet.handlers import InversionDriftMonitor, NonFiniteGuard
 

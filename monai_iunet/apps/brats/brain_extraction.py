@@ -22,8 +22,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
+from .cases import CaseError, case_name
 from .labels import MODALITIES, T1_WEIGHTED
-from .transforms import CaseError, case_name
 
 __all__ = ["SkullStripd", "looks_skull_stripped", "extract_brain"]
 

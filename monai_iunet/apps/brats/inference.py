@@ -13,8 +13,8 @@ from monai.data import MetaTensor
 from monai.transforms import SaveImage
 from tqdm import tqdm
 
+from .cases import CaseError, case_name
 from .labels import seg_segments
-from .transforms import CaseError, case_name
 
 __all__ = ["BatchSegmentation", "case_name", "describe_error"]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from ...dicom.selection import PRE_CONTRAST_TEXT
 
 __all__ = ["MODALITIES", "T1_WEIGHTED", "NAMING", "ET_LABEL", "NECROTIC_CORE", "EDEMA", "REGIONS", "SERIES_RULES",
-           "label_values", "region_labels", "release_of", "seg_segments"]
+           "label_values", "region_labels", "release_of", "labels_from_regions", "seg_segments"]
 
 # Channel order of the bundle's networks (and of a 4-channel input image); the T1-weighted ones (brain extraction).
 MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -45,6 +45,21 @@ def region_labels(et_label: int) -> dict[str, tuple[int, ...]]:
     """Which labels make up each region: tumour core, whole tumour, enhancing tumour."""
     release_of(et_label)
     return {"TC": (NECROTIC_CORE, et_label), "WT": (NECROTIC_CORE, EDEMA, et_label), "ET": (et_label,)}
+
+
+def labels_from_regions(regions, et_label: int, threshold: float = 0.5):
+    """Region channels (TC, WT, ET; probabilities or binary, in ``REGIONS`` order) → one BraTS label map (uint8,
+    without a channel axis): enhancing tumour ``et_label``, the rest of the core ``NECROTIC_CORE``, the rest of the
+    whole tumour ``EDEMA``. The inverse of MONAI's ``ConvertToMultiChannelBasedOnBratsClasses``."""
+    import torch
+
+    release_of(et_label)
+    inside = {region: torch.as_tensor(regions[i]) > threshold for i, region in enumerate(REGIONS)}
+    label = torch.zeros_like(inside["WT"], dtype=torch.uint8)
+    label[inside["WT"]] = EDEMA
+    label[inside["TC"]] = NECROTIC_CORE
+    label[inside["ET"]] = et_label
+    return label
 
 
 # Which series of a DICOM study is which modality (``dicom.selection``'s rules: words of SeriesDescription,

@@ -24,6 +24,7 @@ from monai.data import load_decathlon_datalist
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses, LoadImage
 
+from .cases import case_name, check_brats_labels
 from .labels import REGIONS
 
 __all__ = ["EMPTY_HD95", "score_case", "score_label_maps", "score_cases", "summarise"]
@@ -41,8 +42,6 @@ def score_case(prediction: str | Path, label: str | Path, et_label: int = 4) -> 
     grid)."""
     loader = LoadImage(image_only=True, ensure_channel_first=True)
     pred_image, true_image = loader(str(prediction)), loader(str(label))
-    from .transforms import check_brats_labels
-
     for image, file in ((pred_image, prediction), (true_image, label)):
         check_brats_labels(image, et_label, Path(str(label)).parent.name, str(file))
     return score_label_maps(pred_image, true_image, et_label, names=(str(prediction), str(label)))
@@ -84,8 +83,6 @@ def summarise(per_case: dict[str, dict[str, dict[str, float]]]) -> dict[str, dic
 def score_cases(datalist: list[dict], report: dict, et_label: int = 4) -> dict:
     """Score every labelled datalist item whose prediction ``report`` (an ``inference_report.json``) lists as
     written; a case without a written prediction is an error (a missing case must not raise the mean)."""
-    from .transforms import case_name
-
     per_case = {}
     for item in datalist:
         case = case_name(item)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
@@ -11,8 +10,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import LoadImage, MapTransform, ResampleToMatch
-from monai.transforms import Spacingd as _MonaiSpacingd
+from monai.transforms import LoadImage, MapTransform, ResampleToMatch, Spacingd
 
 from ...dicom.geometry import volume_to_metatensor
 from ...dicom.selection import SelectionError, select_series
@@ -25,47 +23,14 @@ from ...dicom.series import (
     index_dicom_files,
     read_series_volume,
 )
-from .labels import ET_LABEL, MODALITIES, SERIES_RULES, label_values, release_of
+from .cases import CaseError, case_name, check_brats_labels
+from .labels import MODALITIES, REGIONS, SERIES_RULES, labels_from_regions, release_of
 from .registration import register_rigid
 
-__all__ = ["LoadModalitiesd", "BratsLabelsFromRegionsd", "CheckBratsLabelsd", "check_brats_labels", "Spacingd",
-           "CaseError", "case_name"]
+__all__ = ["LoadModalitiesd", "BratsLabelsFromRegionsd", "CheckBratsLabelsd", "TolerantSpacingd"]
 
 
 logger = logging.getLogger(__name__)
-
-
-class CaseError(ValueError):
-    """A case that cannot be used; the message names the case and the file."""
-
-
-def case_name(item: Mapping, key: str = "image") -> str:
-    """``item["case"]``; for a study item, the study folder's name; for one multi-channel file, its name without
-    extension; otherwise the folder that holds all of the case's images (skipping a ``dicom`` folder level)."""
-    if "case" in item:
-        return str(item["case"])
-    if key not in item and "study" in item:
-        return Path(str(item["study"])).resolve().name
-    paths = [str(p) for p in (item[key] if isinstance(item[key], (list, tuple)) else [item[key]])]
-    if not paths:
-        return "<unnamed>"
-    if len(paths) == 1 and not Path(paths[0]).is_dir():
-        # MONAI Label and other stacked-image datalists keep every case's file in one folder: name by the file.
-        return _strip_image_extension(Path(paths[0]).name)
-    try:
-        folder = Path(os.path.commonpath(paths)) if len(paths) > 1 else Path(paths[0]).parent
-    except ValueError:  # a mix of absolute and relative paths
-        folder = Path(paths[0]).parent
-    if folder.name.lower() == "dicom":
-        folder = folder.parent
-    return folder.name or Path(paths[0]).stem
-
-
-def _strip_image_extension(name: str) -> str:
-    for extension in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
-        if name.lower().endswith(extension):
-            return name[: -len(extension)]
-    return name
 
 
 class LoadModalitiesd(MapTransform):
@@ -317,21 +282,6 @@ class LoadModalitiesd(MapTransform):
         return d
 
 
-def check_brats_labels(label, et_label: int, case: str, file: str) -> None:
-    """Raise ``CaseError`` unless the label map's values are BraTS labels (``apps.brats.labels.label_values``).
-    Without this check, 2023 data with ``et_label`` 4 loses every ET voxel to the background of all three regions,
-    silently."""
-    values = sorted(int(v) for v in torch.unique(torch.as_tensor(label)).tolist())
-    allowed = set(label_values(et_label))
-    if set(values) <= allowed:
-        return
-    (other,) = set(ET_LABEL.values()) - {et_label}
-    fix = (f" They are BraTS labels with enhancing tumour = {other}: set et_label {other} ({release_of(other)})."
-           if set(values) <= set(label_values(other)) else " It is not a BraTS label map (or not the right file).")
-    raise CaseError(f"case {case}: label {file} has values {values}; with et_label {et_label} a BraTS label map "
-                    f"holds only {sorted(allowed)}.{fix}")
-
-
 class CheckBratsLabelsd(MapTransform):
     """:func:`check_brats_labels` on loaded label maps (put it right after loading, before the region channels).
 
@@ -368,21 +318,17 @@ class BratsLabelsFromRegionsd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             regions = d[key]
-            if regions.shape[0] != 3:
-                raise ValueError(f"{key} must have 3 channels (TC, WT, ET), got {regions.shape[0]}.")
-            tc, wt, et = (regions[i] > 0.5 for i in range(3))
-            label = torch.zeros_like(torch.as_tensor(tc), dtype=torch.uint8)
-            label[wt] = 2
-            label[tc] = 1
-            label[et] = self.et_label
-            label = label.unsqueeze(0)
+            if regions.shape[0] != len(REGIONS):
+                raise ValueError(f"{key} must have {len(REGIONS)} channels ({', '.join(REGIONS)}), got "
+                                 f"{regions.shape[0]}.")
+            label = labels_from_regions(torch.as_tensor(regions), self.et_label).unsqueeze(0)
             if isinstance(regions, MetaTensor):
                 label = MetaTensor(label, meta=dict(regions.meta), applied_operations=list(regions.applied_operations))
             d[key] = label
         return d
 
 
-class Spacingd(_MonaiSpacingd):
+class TolerantSpacingd(Spacingd):
     """MONAI's ``Spacingd`` (same arguments, same inverse for ``Invertd``) that tolerates entries named
     ``<key>_<anything>`` which are not meta-data dicts. MONAI's treats every such entry of a NIfTI image as its meta
     dict and calls ``.update`` on it, so it fails on the ``image_path`` string that MONAI Label puts next to

@@ -10,7 +10,7 @@ from monai.transforms import LoadImage
 from scipy.ndimage import binary_closing, binary_fill_holes
 
 from monai_iunet.apps.brats.brain_extraction import SkullStripd, looks_skull_stripped
-from monai_iunet.apps.brats.transforms import CaseError
+from monai_iunet.apps.brats.cases import CaseError
 from monai_iunet.dicom.geometry import volume_to_metatensor
 from monai_iunet.dicom.series import index_dicom_files, read_series_volume
 

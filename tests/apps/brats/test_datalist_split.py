@@ -48,10 +48,10 @@ def test_a_real_case_in_brats_2023_form_records_et_label_3_and_the_wrong_et_labe
     import nibabel as nib
     import numpy as np
 
+    from monai_iunet.apps.brats.cases import CaseError, check_brats_labels
     from monai_iunet.apps.brats.data.datalist import make_datalist
     from monai_iunet.apps.brats.labels import NAMING
     from monai_iunet.apps.brats.metrics import score_case
-    from monai_iunet.apps.brats.transforms import CaseError, check_brats_labels
 
     source = DATA / "brats_real" / "Brats18_CBICA_AQR_1"
     case = tmp_path / "data" / "BraTS-GLI-00042-000"

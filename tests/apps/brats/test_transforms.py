@@ -6,7 +6,8 @@ import pytest
 import torch
 from monai.transforms import ConvertToMultiChannelBasedOnBratsClassesd, LoadImaged
 
-from monai_iunet.apps.brats.transforms import BratsLabelsFromRegionsd, CaseError, CheckBratsLabelsd, LoadModalitiesd
+from monai_iunet.apps.brats.cases import CaseError
+from monai_iunet.apps.brats.transforms import BratsLabelsFromRegionsd, CheckBratsLabelsd, LoadModalitiesd
 
 
 @pytest.mark.parametrize("et_label", [4, 3])

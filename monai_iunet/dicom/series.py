@@ -25,6 +25,7 @@ __all__ = [
     "describe_candidates",
     "describe_studies",
     "group_by_study",
+    "one_study",
     "mask_patient_id",
     "SeriesError",
     "index_dicom_files",
@@ -286,6 +287,23 @@ def group_by_study(series: list[DicomSeries]) -> dict[tuple[str, str], list[Dico
     for s in series:
         groups.setdefault((s.patient_id, s.study_uid), []).append(s)
     return groups
+
+
+def one_study(series: list[DicomSeries], study_uid: str | None = None, where: str = "the series") -> list[DicomSeries]:
+    """The series of the one study of one patient among ``series`` (or of the study ``study_uid``); a
+    ``SeriesError`` listing the studies when there are several (series of different patients or studies are never
+    joined) or when ``study_uid`` is not among them. ``where`` names the series in the message (e.g. a folder)."""
+    groups = group_by_study(series)
+    if study_uid:
+        chosen = {key: members for key, members in groups.items() if key[1] == str(study_uid)}
+        if not chosen:
+            raise SeriesError(f"{where}: no StudyInstanceUID {study_uid} among:\n{describe_studies(groups)}")
+        groups = chosen
+    if len(groups) > 1:
+        patients = len({patient for patient, _ in groups})
+        raise SeriesError(f"{where}: {len(groups)} studies of {patients} patient(s), expected one study of one "
+                          f"patient:\n{describe_studies(groups)}")
+    return next(iter(groups.values()), [])
 
 
 def describe_studies(groups: dict[tuple[str, str], list[DicomSeries]]) -> str:

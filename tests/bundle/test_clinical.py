@@ -241,7 +241,8 @@ def test_segment_command_with_two_studies_in_the_folder_and_study_to_choose(trai
     command = [*SEGMENT, str(folder), "--ckpt", str(trained / "models" / "model.pt"), "--config",
                str(tiny_network_config(tmp_path)), "--device", "cpu", "--case", "cd"]
     result = subprocess.run(command + ["--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 1 and "holds 2 studies of 2 patient(s)" in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "2 studies of 2 patient(s), expected one study of one patient" in output
     study_b = str(pydicom.dcmread(next((folder / "B").iterdir()), stop_before_pixels=True).StudyInstanceUID)
     output = check(subprocess.run(command + ["--output", str(tmp_path / "out_b"), "--study", study_b],
                                   capture_output=True, text=True, timeout=600))

@@ -343,7 +343,7 @@ def test_a_folder_with_two_patients_is_refused_listing_both_and_one_can_be_chose
         shutil.copytree(REAL[name], folder / name)
     ge, sag = (index_dicom_files(REAL[n])[0] for n in ("ge_oblique", "siemens_2d_gaps"))
     loader = LoadModalitiesd("image")
-    with pytest.raises(CaseError, match=r"holds 2 studies of 2 patient\(s\)") as error:
+    with pytest.raises(CaseError, match=r"study folder .*: 2 studies of 2 patient\(s\)") as error:
         loader({"study": str(folder), "case": "cd"})
     message = str(error.value)
     for series in (ge, sag):
@@ -363,7 +363,7 @@ def test_a_folder_with_two_patients_is_refused_listing_both_and_one_can_be_chose
 def test_series_folders_of_two_patients_are_never_joined(tmp_path, coregister):
     """Four series folders given as one case, from two subjects: refused before any resampling or registration."""
     folders = [REAL["ge_oblique"], REAL["ge_oblique"], REAL["siemens_2d_gaps"], REAL["ge_oblique"]]
-    with pytest.raises(CaseError, match="come from 2 different studies or patients"):
+    with pytest.raises(CaseError, match="its DICOM series: 2 studies of 2 patient"):
         LoadModalitiesd("image", coregister=coregister)({"image": [str(f) for f in folders], "case": "mixed"})
 
 

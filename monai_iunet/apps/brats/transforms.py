@@ -18,9 +18,8 @@ from ...dicom.series import (
     DicomSeries,
     SeriesError,
     describe_candidates,
-    describe_studies,
-    group_by_study,
     index_dicom_files,
+    one_study,
     read_series_volume,
 )
 from .cases import CaseError, case_name, check_brats_labels
@@ -160,28 +159,15 @@ class LoadModalitiesd(MapTransform):
         return image, {"reference": self.modalities[0], "reference_series": None,
                        "modalities": {m: dict(source, channel=i) for i, m in enumerate(self.modalities)}}
 
-    @staticmethod
-    def _one_study(case: str, folder: Path, series: list[DicomSeries], study_uid: str | None) -> list[DicomSeries]:
-        groups = group_by_study(series)
-        if study_uid:
-            chosen = {key: members for key, members in groups.items() if key[1] == str(study_uid)}
-            if not chosen:
-                raise CaseError(f"case {case}: study {folder} has no StudyInstanceUID {study_uid}; it holds:\n"
-                                f"{describe_studies(groups)}")
-            groups = chosen
-        if len(groups) > 1:
-            patients = len({patient for patient, _ in groups})
-            raise CaseError(
-                f"case {case}: study folder {folder} holds {len(groups)} studies of {patients} patient(s); a case is "
-                f"one study of one patient:\n{describe_studies(groups)}\nChoose one with \"study_uid\": "
-                "\"<StudyInstanceUID>\" in the datalist item (python -m monai_iunet.apps.brats.segment: --study UID)."
-            )
-        return next(iter(groups.values()))
-
     def _load_study(self, case: str, item: Mapping) -> tuple[dict[str, MetaTensor], dict[str, dict]]:
         folder = Path(str(item["study"]))
         try:
-            series = self._one_study(case, folder, index_dicom_files(folder), item.get("study_uid"))
+            series = index_dicom_files(folder)
+            try:
+                series = one_study(series, item.get("study_uid"), where=f"the study folder {folder}")
+            except SeriesError as error:  # a case is one study: say how to choose one
+                raise SeriesError(f"{error}\nChoose one with \"study_uid\": \"<StudyInstanceUID>\" in the datalist "
+                                  "item (monai-iunet-segment: --study UID).") from error
             chosen = select_series(series, self.series_rules, item.get("series"))
         except (SeriesError, SelectionError) as error:
             raise CaseError(f"case {case}: study {folder}: {error}") from error
@@ -194,10 +180,10 @@ class LoadModalitiesd(MapTransform):
         resampled in patient coordinates where the grids differ."""
         target = images[reference]
         dicom = {m: s["dicom_series"] for m, s in sources.items() if s.get("dicom_series")}
-        studies = group_by_study(list(dicom.values()))
-        if len(studies) > 1:
-            raise CaseError(f"case {case}: its DICOM series come from {len(studies)} different studies or patients; "
-                            f"a case is one study of one patient:\n{describe_studies(studies)}")
+        try:
+            one_study(list(dicom.values()), where="its DICOM series")
+        except SeriesError as error:
+            raise CaseError(f"case {case}: {error}") from error
         frames = {m: s.frame_of_reference for m, s in dicom.items()}
         stacked = []
         for modality in self.modalities:

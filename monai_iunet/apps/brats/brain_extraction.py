@@ -22,7 +22,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
-from .cases import CaseError, case_name
+from .cases import CaseError, CaseKeys, case_name
 from .labels import MODALITIES, T1_WEIGHTED
 
 __all__ = ["SkullStripd", "looks_skull_stripped", "extract_brain"]
@@ -100,7 +100,7 @@ class SkullStripd(MapTransform):
         modality: str = "t1ce",
         modalities: Sequence[str] = MODALITIES,
         brain_ml_range: Sequence[float] = (700.0, 2500.0),
-        record_key: str = "brain_extraction",
+        record_key: str = CaseKeys.BRAIN_EXTRACTION,
         mask_key: str | None = None,
         device: str | torch.device = "cpu",
         allow_missing_keys: bool = False,

@@ -1,5 +1,6 @@
-"""What a case is, as the BraTS application meets it: its name (from a datalist item), the error that names it, and
-the check that its label map holds BraTS labels. Pure functions on the facts of ``labels``; no I/O library."""
+"""What a case is, as the BraTS application meets it: its name (from a datalist item), the error that names it, the
+check that its label map holds BraTS labels, and the keys under which its records travel through the transforms into
+the inference report (``CaseKeys``). Pure functions on the facts of ``labels``; no I/O library."""
 
 from __future__ import annotations
 
@@ -8,10 +9,22 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from monai.utils import StrEnum
 
 from .labels import ET_LABEL, label_values, release_of
 
-__all__ = ["CaseError", "case_name", "check_brats_labels"]
+__all__ = ["CaseKeys", "CaseError", "case_name", "check_brats_labels"]
+
+
+class CaseKeys(StrEnum):
+    """The data keys of a case's records; each is also the record's name in ``inference_report.json``."""
+
+    SOURCES = "image_sources"  # where each modality came from (LoadModalitiesd)
+    BRAIN_EXTRACTION = "brain_extraction"  # what brain extraction did (SkullStripd)
+    BRAIN_MASK = "brain_mask"  # the brain mask itself (SkullStripd), written on request
+    QC = "qc"  # the scan QC (ScanQCd)
+    UNCERTAINTY = "uncertainty"  # the case's uncertainty (CaseUncertaintyd)
+    VOLUMES = "volumes_ml"  # the tumour volumes (TumourVolumesd)
 
 
 class CaseError(ValueError):

@@ -13,7 +13,7 @@ from monai.data import MetaTensor
 from monai.transforms import SaveImage
 from tqdm import tqdm
 
-from .cases import CaseError, case_name
+from .cases import CaseError, CaseKeys, case_name
 from .labels import seg_segments
 
 __all__ = ["BatchSegmentation", "case_name", "describe_error"]
@@ -45,29 +45,22 @@ class BatchSegmentation:
         cases: datalist items: ``{"image": [4 paths]}``, ``{"image": one 4-channel file}`` or ``{"study": folder}``,
             each with an optional ``"case"`` name.
         network: the network (weights loaded).
-        preprocessing: dict transform producing ``"image"`` (channel-first, no batch dimension) and, under
-            ``sources_key``, where each modality came from (``LoadModalitiesd(sources_key=...)``).
+        preprocessing: dict transform producing ``"image"`` (channel-first, no batch dimension) and the case's
+            records under ``cases.CaseKeys``: where each modality came from (``LoadModalitiesd(sources_key=...)``),
+            the brain extraction and its mask (``SkullStripd``), the scan QC (``ScanQCd``).
         inferer: a MONAI inferer, e.g. ``SlidingWindowInferer``.
         postprocessing: dict transform mapping ``"pred"`` to a one-channel label map on the input's original grid
-            (e.g. Activationsd, Invertd, AsDiscreted, BratsLabelsFromRegionsd).
+            (e.g. Activationsd, Invertd, AsDiscreted, BratsLabelsFromRegionsd), and putting the uncertainty
+            (``CaseUncertaintyd``) and the tumour volumes (``TumourVolumesd``) under their ``CaseKeys``.
         output_dir: where outputs go.
         device: device to run the network on.
         et_label: label of enhancing tumour in the outputs (4 or 3), also used for the DICOM SEG segments.
         dicom_seg: write a DICOM SEG when the reference modality is a DICOM series.
         amp: run the network under autocast (bf16 on CPU, fp16 on CUDA).
-        sources_key: the key under which preprocessing records the modalities' sources.
-        brain_extraction_key: the key under which preprocessing records its brain extraction
-            (``SkullStripd(record_key=...)``); the record goes into the report as ``brain_extraction``.
-        brain_mask_key: the key of the brain mask (``SkullStripd(mask_key=...)``), written as
-            ``<case>_brain_mask.nii.gz`` on the reference grid when ``write_brain_mask``.
-        write_brain_mask: write the brain mask next to the segmentation when brain extraction ran.
-        qc_key: the key under which preprocessing puts its scan QC (``ScanQCd``); it goes into the report as ``qc``.
+        write_brain_mask: write the brain mask (``CaseKeys.BRAIN_MASK``) as ``<case>_brain_mask.nii.gz`` on the
+            reference grid when brain extraction ran.
         uncertainty: run the network's ``predict_with_uncertainty`` (``MirrorEnsemble``) instead of its forward, so
             that the postprocessing gets the spreads of its passes (``CaseUncertaintyd``).
-        uncertainty_key: where the postprocessing puts the case's uncertainty; it goes into the report as
-            ``uncertainty``.
-        volumes_key: where the postprocessing puts the tumour volumes (``TumourVolumesd``); they go into the report
-            as ``volumes_ml``.
         overview: also write ``<case>_overview.png`` (``overview.write_overview``: the reference modality in three
             planes through the tumour with the region contours, the volumes, the QC and uncertainty verdicts).
         overview_channel: the image channel the overview shows (the reference modality).
@@ -85,14 +78,8 @@ class BatchSegmentation:
         et_label: int = 4,
         dicom_seg: bool = True,
         amp: bool = False,
-        sources_key: str = "image_sources",
-        brain_extraction_key: str = "brain_extraction",
-        brain_mask_key: str = "brain_mask",
         write_brain_mask: bool = False,
-        qc_key: str = "qc",
         uncertainty: bool = False,
-        uncertainty_key: str = "uncertainty",
-        volumes_key: str = "volumes_ml",
         overview: bool = False,
         overview_channel: int = 1,
     ) -> None:
@@ -106,14 +93,8 @@ class BatchSegmentation:
         self.et_label = et_label
         self.dicom_seg = dicom_seg
         self.amp = amp
-        self.sources_key = sources_key
-        self.brain_extraction_key = brain_extraction_key
-        self.brain_mask_key = brain_mask_key
         self.write_brain_mask = write_brain_mask
-        self.qc_key = qc_key
         self.uncertainty = uncertainty
-        self.uncertainty_key = uncertainty_key
-        self.volumes_key = volumes_key
         self.overview = overview
         self.overview_channel = overview_channel
         if uncertainty and not callable(getattr(network, "predict_with_uncertainty", None)):
@@ -172,7 +153,7 @@ class BatchSegmentation:
 
     def _segment(self, name: str, item: dict, entry: dict) -> None:
         data = self.preprocessing(dict(item))
-        sources = data.get(self.sources_key) or {}
+        sources = data.get(CaseKeys.SOURCES) or {}
         reference_series = sources.get("reference_series")
         entry["reference"] = sources.get("reference")
         entry["inputs"] = {
@@ -180,9 +161,9 @@ class BatchSegmentation:
         }
         if sources.get("unreadable"):  # series of the study not used because files of theirs cannot be read
             entry["unreadable_files"] = sources["unreadable"]
-        for key, report_key in ((self.brain_extraction_key, "brain_extraction"), (self.qc_key, "qc")):
+        for key in (CaseKeys.BRAIN_EXTRACTION, CaseKeys.QC):
             if key in data:
-                entry[report_key] = data[key]
+                entry[key.value] = data[key]
         image = data["image"].unsqueeze(0).to(self.device)
         network = self.network.predict_with_uncertainty if self.uncertainty else self.network
         with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp):
@@ -190,9 +171,9 @@ class BatchSegmentation:
         outputs = output if isinstance(output, Mapping) else {"pred": output}
         data.update({key: value[0].float().cpu() for key, value in outputs.items()})
         data = self.postprocessing(data)
-        for key, report_key in ((self.uncertainty_key, "uncertainty"), (self.volumes_key, "volumes_ml")):
+        for key in (CaseKeys.UNCERTAINTY, CaseKeys.VOLUMES):
             if key in data:
-                entry[report_key] = data[key]
+                entry[key.value] = data[key]
         label: MetaTensor = data["pred"]
         entry["outputs"]["nifti"] = {"status": "written", "path": self._save(label, name, "seg")}
         if self.overview:
@@ -202,7 +183,7 @@ class BatchSegmentation:
             write_overview(data["image"], label, path, self.et_label, entry, self.overview_channel)
             entry["outputs"]["overview"] = {"status": "written", "path": str(path)}
         if self.write_brain_mask:
-            mask = data.get(self.brain_mask_key)
+            mask = data.get(CaseKeys.BRAIN_MASK)
             entry["outputs"]["brain_mask"] = (
                 {"status": "written", "path": self._save(mask, name, "brain_mask")} if mask is not None else
                 {"status": "skipped", "reason": "no brain extraction ran: "

@@ -21,6 +21,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
+from .cases import CaseKeys
 from .labels import EDEMA, NECROTIC_CORE, region_labels, release_of
 
 __all__ = ["voxel_volume_ml", "tumour_volumes", "uncertainty_score", "SuppressSmallEnhancingd", "TumourVolumesd",
@@ -85,7 +86,7 @@ class SuppressSmallEnhancingd(MapTransform):
 class TumourVolumesd(MapTransform):
     """Put ``tumour_volumes`` of the label map under ``volumes_key`` (the batch runner reports it)."""
 
-    def __init__(self, keys: KeysCollection, et_label: int = 4, volumes_key: str = "volumes_ml",
+    def __init__(self, keys: KeysCollection, et_label: int = 4, volumes_key: str = CaseKeys.VOLUMES,
                  allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         release_of(et_label)
@@ -116,7 +117,7 @@ class CaseUncertaintyd(MapTransform):
     """
 
     def __init__(self, keys: KeysCollection, threshold: float, passes: int, spread_key: str = "mirror_spread",
-                 member_spread_key: str = "member_spread", output_key: str = "uncertainty",
+                 member_spread_key: str = "member_spread", output_key: str = CaseKeys.UNCERTAINTY,
                  allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.threshold = float(threshold)

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from ...handlers import save_atomically
 from ...networks.flow import IUNetFlow
+from .cases import CaseKeys
 
 __all__ = ["QC_SPACING", "QC_SHAPE", "INTENSITY_RANGE", "LEVELS", "qc_volume", "qc_levels", "quantise", "dequantise",
            "bits_per_dim", "save_qc_flow", "load_qc_flow", "ScanQC", "ScanQCd", "robust_threshold"]
@@ -152,7 +153,7 @@ class ScanQCd(MapTransform):
         device: device the flow runs on.
     """
 
-    def __init__(self, keys: KeysCollection, weights: str | Path, enabled: bool = True, qc_key: str = "qc",
+    def __init__(self, keys: KeysCollection, weights: str | Path, enabled: bool = True, qc_key: str = CaseKeys.QC,
                  device: str | torch.device = "cpu", allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.enabled = bool(enabled)

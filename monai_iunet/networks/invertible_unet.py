@@ -2,6 +2,7 @@
 
 # No ``from __future__ import annotations`` here: TorchScript reads class-level annotations as types, not strings.
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -134,6 +135,22 @@ def _apply_markers(x: Tensor, skips: list[Tensor], markers: list[tuple[int, int]
     return x
 
 
+def _make_stage(spatial_dims: int, channels: int, blocks: int, coupling: str, subnet: dict,
+                actnorm: bool) -> InvertibleSequential:
+    """``blocks`` coupling blocks of one level (each after an actnorm layer with ``actnorm``)."""
+    layers: list[InvertibleModule] = []
+    for _ in range(blocks):
+        if actnorm:
+            layers.append(ActNorm(spatial_dims, channels))
+        layers.append(coupling_block(spatial_dims, channels, coupling, **subnet))
+    return InvertibleSequential(*layers)
+
+
+def _make_mixing(spatial_dims: int, channels: int, init, enabled: bool, method: str) -> InvertibleModule:
+    """The learnable channel mixing of one level (the identity when switched off)."""
+    return InvertibleChannelMixing(spatial_dims, channels, method, init) if enabled else InvertibleIdentity()
+
+
 class InvertibleUNet(InvertibleModule):
     """Fully invertible U-Net: ``forward`` maps ``(B, C, *S)`` to ``(B, C, *S)`` and ``inverse`` undoes it exactly.
 
@@ -210,71 +227,70 @@ class InvertibleUNet(InvertibleModule):
         if memory_format not in MEMORY_FORMATS:
             raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}, got {memory_format!r}.")
         plan = unet_plan(spatial_dims, channels, num_levels, blocks_per_level, strides, split_fraction)
-        level_channels, blocks, strides_per_level = list(plan.level_channels), plan.blocks, plan.level_strides
         self.spatial_dims = spatial_dims
         self.memory_efficient = memory_efficient
-        self.level_channels = level_channels
+        self.level_channels = list(plan.level_channels)
         self.skip_channels = list(plan.skip_channels)
-        self.level_strides = [list(s) for s in strides_per_level]
+        self.level_strides = [list(s) for s in plan.level_strides]
         self.total_stride = plan.total_stride
         subnet = dict(
             num_convs=subnet_convs, kernel_size=kernel_size, norm=norm, act=act, adn_ordering=adn_ordering,
             zero_init=zero_init,
         )
+        stage = functools.partial(_make_stage, spatial_dims, coupling=coupling, subnet=subnet, actnorm=actnorm)
+        mixing = functools.partial(_make_mixing, spatial_dims, enabled=channel_mixing, method=mixing_method)
+        resampling = dict(method=resampling_method, init=resampling_init, learnable=learnable_resampling)
+        self._set_program(self._make_program(plan, stage, mixing, mixing_init, resampling))
+        self.channels_last = memory_format == "channels_last" and spatial_dims > 1
+        if self.channels_last:
+            weights_channels_last(self, spatial_dims)
 
-        def block(level: int) -> list[InvertibleModule]:
-            coupling_layer = coupling_block(spatial_dims, level_channels[level], coupling, **subnet)
-            return [ActNorm(spatial_dims, level_channels[level]), coupling_layer] if actnorm else [coupling_layer]
-
-        def stage(level: int) -> InvertibleSequential:
-            return InvertibleSequential(*(layer for _ in range(blocks[level]) for layer in block(level)))
-
-        def mixing(level: int, init) -> InvertibleModule:
-            if not channel_mixing:
-                return InvertibleIdentity()
-            return InvertibleChannelMixing(spatial_dims, level_channels[level], mixing_method, init)
-
-        # Built in this order (encoder, then decoder, each kind of layer in turn) so that a seed gives the same
-        # initial weights as always. Decoder layers start as the exact inverses of their encoder twins, so the core is
-        # the identity at init.
-        encoder = [stage(i) for i in range(num_levels - 1)]
-        split_mixing = [mixing(i, mixing_init) for i in range(num_levels - 1)]
+    @staticmethod
+    def _make_program(plan: UNetPlan, stage, mixing, mixing_init, resampling: dict) -> Program:
+        """The topology, once: a program of invertible layers and skip markers that forward, inverse, the
+        memory-efficient engine and TorchScript all run. The layers are built in this order (encoder, then decoder,
+        each kind of layer in turn) so that a seed gives the same initial weights as always; decoder layers start as
+        the exact inverses of their encoder twins, so the core is the identity at init."""
+        channels, skips, strides = plan.level_channels, plan.skip_channels, plan.level_strides
+        levels = range(len(channels) - 1)
+        encoder = [stage(channels[i], plan.blocks[i]) for i in levels]
+        split_mixing = [mixing(channels[i], mixing_init) for i in levels]
         downsampling = [
-            OrthogonalDownsampling(spatial_dims, c - n, s, resampling_method, resampling_init, learnable_resampling)
-            for c, n, s in zip(level_channels, plan.skip_channels, strides_per_level)
+            OrthogonalDownsampling(plan.spatial_dims, channels[i] - skips[i], strides[i], resampling["method"],
+                                   resampling["init"], resampling["learnable"])
+            for i in levels
         ]
-        bottom = stage(num_levels - 1)
+        bottom = stage(channels[-1], plan.blocks[-1])
         upsampling = {
-            i: OrthogonalUpsampling(
-                spatial_dims, level_channels[i + 1], strides_per_level[i], resampling_method,
-                downsampling[i].matrix.value(torch.float64).detach(), learnable_resampling,
-            )
-            for i in reversed(range(num_levels - 1))
+            i: OrthogonalUpsampling(plan.spatial_dims, channels[i + 1], strides[i], resampling["method"],
+                                    downsampling[i].matrix.value(torch.float64).detach(), resampling["learnable"])
+            for i in reversed(levels)
         }
         concat_mixing = {
-            i: mixing(i, split_mixing[i].matrix.value(torch.float64).detach()[0].mT if channel_mixing else None)
-            for i in reversed(range(num_levels - 1))
+            i: mixing(channels[i], split_mixing[i].matrix.value(torch.float64).detach()[0].mT
+                      if isinstance(split_mixing[i], InvertibleChannelMixing) else None)
+            for i in reversed(levels)
         }
-        decoder = {i: stage(i) for i in reversed(range(num_levels - 1))}
-        # The topology, once: a program of invertible layers and skip markers that forward, inverse, the
-        # memory-efficient engine and TorchScript all run.
+        decoder = {i: stage(channels[i], plan.blocks[i]) for i in reversed(levels)}
         program: Program = []
-        for i in range(num_levels - 1):
-            program += [encoder[i], split_mixing[i], Split(plan.skip_channels[i]), downsampling[i]]
+        for i in levels:
+            program += [encoder[i], split_mixing[i], Split(skips[i]), downsampling[i]]
         program.append(bottom)
-        for i in reversed(range(num_levels - 1)):
-            program += [upsampling[i], Concat(plan.skip_channels[i]), concat_mixing[i], decoder[i]]
+        for i in reversed(levels):
+            program += [upsampling[i], Concat(skips[i]), concat_mixing[i], decoder[i]]
+        return program
+
+    def _set_program(self, program: Program) -> None:
+        """Hold a program as TorchScript can run it: its layers (``steps``) and, between them, its markers
+        (``markers[k]``: the (kind, skip channels) markers before ``steps[k]``; ``markers[-1]``: those after the
+        last step)."""
         self.steps = nn.ModuleList([step for step in program if isinstance(step, nn.Module)])
-        # markers[k]: the (kind, skip channels) markers before steps[k]; markers[-1]: those after the last step
         self.markers = [[]]
         for step in program:
             if isinstance(step, nn.Module):
                 self.markers.append([])
             else:
                 self.markers[-1].append((_MARKER_KINDS.index(type(step)), step.skip_channels))
-        self.channels_last = memory_format == "channels_last" and spatial_dims > 1
-        if self.channels_last:
-            weights_channels_last(self, spatial_dims)
 
     def _check_input(self, x: Tensor) -> None:
         check_input(x, "InvertibleUNet", self.spatial_dims, self.level_channels[0], self.total_stride,

@@ -98,7 +98,7 @@ def test_export_matches_eager(export):
 
 def test_scripted_module_keeps_input_checks():
     scripted = torch.jit.script(IUNet(2, 2, 1, channels=4, num_levels=2).eval())
-    with pytest.raises(Exception, match="in_channels=2"):
+    with pytest.raises(torch.jit.Error, match="ValueError: IUNet expects in_channels=2"):
         scripted(torch.randn(1, 3, 8, 8))
 
 

@@ -15,6 +15,7 @@ from ignite.handlers import Checkpoint
 
 from monai_iunet.bundle import bundle_parser
 from monai_iunet.handlers import AtomicFileSaver, save_atomically
+from monai_iunet.handlers.checkpoint import _umask
 
 from ..bundle.conftest import BUNDLE, TRAIN_TINY, check, run_bundle
 
@@ -86,12 +87,6 @@ def test_two_writers_never_share_a_temporary_file(tmp_path, monkeypatch):
     assert len(set(names)) == 2 and "last.pt" not in names  # each write its own temporary file, renamed over it
     assert torch.load(path, weights_only=True) == {"step": 2} and os.listdir(tmp_path) == ["last.pt"]
     assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def test_a_crash_while_saving_leaves_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -6,25 +6,14 @@ import logging
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import LoadImage, MapTransform, ResampleToMatch, Spacingd
+from monai.transforms import LoadImage, MapTransform, Spacingd
 
-from ...dicom.geometry import volume_to_metatensor
-from ...dicom.selection import SelectionError, select_series
-from ...dicom.series import (
-    DicomSeries,
-    SeriesError,
-    describe_candidates,
-    index_dicom_files,
-    one_study,
-    read_series_volume,
-)
+from . import loading
 from .cases import CaseError, case_name, check_brats_labels
 from .labels import MODALITIES, REGIONS, SERIES_RULES, labels_from_regions, release_of
-from .registration import register_rigid
 
 __all__ = ["LoadModalitiesd", "BratsLabelsFromRegionsd", "CheckBratsLabelsd", "TolerantSpacingd"]
 
@@ -89,154 +78,23 @@ class LoadModalitiesd(MapTransform):
         self.modalities = tuple(modalities)
         if reference_modality not in self.modalities:
             raise ValueError(f"reference_modality '{reference_modality}' is not one of {self.modalities}.")
-        self.check_finite = check_finite
-        self.loader = LoadImage(reader=reader, image_only=True, ensure_channel_first=True)
-        self.atol = atol
-        self.reference_modality = reference_modality
         rules = {**SERIES_RULES, **(series_rules or {})}
         missing = [m for m in self.modalities if m not in rules]
         if missing:
             raise ValueError(f"no series rule for modalities {missing}: give them in series_rules.")
         self.series_rules = {m: rules[m] for m in self.modalities}
-        self.coregister = coregister
+        self.loader = LoadImage(reader=reader, image_only=True, ensure_channel_first=True)
+        self.check_finite = check_finite
+        self.grid = {"coregister": coregister, "atol": atol, "min_overlap": min_overlap}
+        self.reference_modality = reference_modality
         self.sources_key = sources_key
-        self.min_overlap = min_overlap
-
-    def _check_finite(self, case: str, what: str, image: MetaTensor) -> MetaTensor:
-        if self.check_finite:
-            bad = int((~torch.isfinite(torch.as_tensor(image))).sum())
-            if bad:
-                raise CaseError(f"case {case}: {what} has {bad} NaN/Inf voxel(s).")
-        return image
-
-    def _load_file(self, case: str, modality: str, path: str) -> tuple[MetaTensor, dict]:
-        file = Path(path)
-        if not file.exists():
-            raise CaseError(f"case {case}: {modality} file {file} does not exist.")
-        if file.is_dir():
-            return self._load_series_folder(case, modality, file)
-        try:
-            image = self.loader(str(file))
-        except Exception as error:  # readers raise many types; name the file whatever they raise
-            raise CaseError(
-                f"case {case}: cannot read {modality} file {file} ({type(error).__name__}: {error})") from error
-        # NIfTI writers put vector data in the 5th dimension (X×Y×Z×1×C): drop the singleton time axis.
-        spatial_dims = len(image.meta.get("spatial_shape", image.shape[1:]))
-        while image.ndim > spatial_dims + 1 and image.shape[-1] == 1:
-            image = image.squeeze(-1)
-        return self._check_finite(case, f"{modality} file {file}", image), {"file": str(file)}
-
-    def _load_series_folder(self, case: str, modality: str, folder: Path) -> tuple[MetaTensor, dict]:
-        if not any(p.is_file() for p in folder.rglob("*")):
-            raise CaseError(f"case {case}: {modality} DICOM folder {folder} is empty.")
-        try:
-            series = index_dicom_files(folder)
-        except SeriesError as error:
-            raise CaseError(f"case {case}: {modality}: {error}") from error
-        candidates = [s for s in series if not s.excluded]
-        if len(candidates) != 1:
-            raise CaseError(
-                f"case {case}: {modality} DICOM folder {folder} holds {len(candidates)} usable volume series, "
-                f"expected one:\n{describe_candidates(series)}"
-            )
-        return self._load_series(case, modality, candidates[0]), {"folder": str(folder), "dicom_series": candidates[0]}
-
-    def _load_series(self, case: str, modality: str, series: DicomSeries) -> MetaTensor:
-        try:
-            image = volume_to_metatensor(read_series_volume(series), str(series.files[0].parent))
-        except SeriesError as error:
-            raise CaseError(f"case {case}: {modality}: {error}") from error
-        return self._check_finite(case, f"{modality} {series.label}", image)
-
-    def _load_stacked(self, case: str, key: str, path: str) -> tuple[MetaTensor, dict]:
-        image, source = self._load_file(case, "/".join(self.modalities), path)
-        if image.shape[0] != len(self.modalities):
-            raise CaseError(
-                f"case {case}: '{key}' is one file, {path}, with {image.shape[0]} channel(s); expected either "
-                f"{len(self.modalities)} channels ({', '.join(self.modalities)}, in this order) in one file or "
-                f"{len(self.modalities)} files, one per modality."
-            )
-        return image, {"reference": self.modalities[0], "reference_series": None,
-                       "modalities": {m: dict(source, channel=i) for i, m in enumerate(self.modalities)}}
-
-    def _load_study(self, case: str, item: Mapping) -> tuple[dict[str, MetaTensor], dict[str, dict]]:
-        folder = Path(str(item["study"]))
-        try:
-            series = index_dicom_files(folder)
-            try:
-                series = one_study(series, item.get("study_uid"), where=f"the study folder {folder}")
-            except SeriesError as error:  # a case is one study: say how to choose one
-                raise SeriesError(f"{error}\nChoose one with \"study_uid\": \"<StudyInstanceUID>\" in the datalist "
-                                  "item (monai-iunet-segment: --study UID).") from error
-            chosen = select_series(series, self.series_rules, item.get("series"))
-        except (SeriesError, SelectionError) as error:
-            raise CaseError(f"case {case}: study {folder}: {error}") from error
-        images = {m: self._load_series(case, m, c.series) for m, c in chosen.items()}
-        sources = {m: {"study": str(folder), **c.report(), "dicom_series": c.series} for m, c in chosen.items()}
-        return images, sources, {s.label: list(s.unreadable) for s in series if s.unreadable}
-
-    def _onto_reference(self, case: str, images: dict[str, MetaTensor], sources: dict[str, dict], reference: str):
-        """Every modality on the reference's grid: frames of reference checked, optionally co-registered, then
-        resampled in patient coordinates where the grids differ."""
-        target = images[reference]
-        dicom = {m: s["dicom_series"] for m, s in sources.items() if s.get("dicom_series")}
-        try:
-            one_study(list(dicom.values()), where="its DICOM series")
-        except SeriesError as error:
-            raise CaseError(f"case {case}: {error}") from error
-        frames = {m: s.frame_of_reference for m, s in dicom.items()}
-        stacked = []
-        for modality in self.modalities:
-            image, source = images[modality], sources[modality]
-            if image.shape[0] != 1:
-                raise CaseError(f"case {case}: {modality} {self._where(source)} has {image.shape[0]} channels, "
-                                "expected 1 (a 4D image given as one modality?).")
-            if modality != reference and self.coregister:
-                registration = register_rigid(target, image)
-                image = MetaTensor(image.as_tensor(), affine=torch.as_tensor(registration.aligned_affine(image.affine)))
-                source["registration"] = registration.report()
-            elif modality in frames and reference in frames and frames[modality] != frames[reference]:
-                raise CaseError(
-                    f"case {case}: {modality} {self._where(source)} and {reference} {self._where(sources[reference])} "
-                    f"have different FrameOfReferenceUIDs ({frames[modality]} vs {frames[reference]}): they are not "
-                    "aligned by the scanner. Set coregister: true to register them rigidly."
-                )
-            same_grid = image.shape[1:] == target.shape[1:] and np.allclose(image.affine, target.affine, atol=self.atol)
-            source["resampled"] = not same_grid
-            if not same_grid:
-                image = self._resample(case, modality, source, image, target)
-            stacked.append(image.as_tensor())
-        sources[reference]["reference"] = True
-        meta = {k: v for k, v in target.meta.items() if k != "affine"}
-        return MetaTensor(torch.cat(stacked, dim=0), affine=target.affine, meta=meta)
-
-    def _resample(self, case: str, modality: str, source: dict, image: MetaTensor, target: MetaTensor) -> torch.Tensor:
-        resample = ResampleToMatch(mode="bilinear", padding_mode="zeros")
-        coverage = resample(MetaTensor(torch.ones_like(image.as_tensor()), affine=image.affine), target, mode="nearest")
-        covered = float(torch.as_tensor(coverage).mean())
-        source["reference_grid_covered"] = round(covered, 4)
-        if covered < self.min_overlap:
-            raise CaseError(
-                f"case {case}: {modality} {self._where(source)} covers only {covered:.0%} of the reference grid in "
-                "patient coordinates: the modalities do not show the same region (different sessions or a wrong "
-                "affine?)."
-            )
-        logger.info("case %s: %s resampled onto the reference grid (%.0f%% covered)", case, modality, 100 * covered)
-        return MetaTensor(resample(image, target).as_tensor(), affine=target.affine)
-
-    @staticmethod
-    def _where(source: dict) -> str:
-        if source.get("dicom_series") is not None:
-            return source["dicom_series"].label
-        return str(source.get("file") or source.get("folder"))
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         for key in self.keys:
             case = case_name(d, key)
             if key not in d and "study" in d:
-                images, sources, unreadable = self._load_study(case, d)
-                reference = self.reference_modality
+                images, sources, unreadable = loading.load_study(case, d, self.series_rules, self.check_finite)
             elif key not in d:
                 if self.allow_missing_keys:
                     continue
@@ -244,7 +102,8 @@ class LoadModalitiesd(MapTransform):
             else:
                 paths = [str(p) for p in (d[key] if isinstance(d[key], (list, tuple)) else [d[key]])]
                 if len(paths) == 1 and len(self.modalities) > 1:
-                    d[key], record = self._load_stacked(case, key, paths[0])
+                    d[key], record = loading.load_stacked(case, key, paths[0], self.modalities, self.loader,
+                                                          self.check_finite)
                     if self.sources_key:
                         d[self.sources_key] = record
                     continue
@@ -253,11 +112,12 @@ class LoadModalitiesd(MapTransform):
                         f"case {case}: expected {len(self.modalities)} modalities {list(self.modalities)} in '{key}' "
                         f"(one file each, or one file with {len(self.modalities)} channels), got {len(paths)}: {paths}."
                     )
-                loaded = {m: self._load_file(case, m, p) for m, p in zip(self.modalities, paths)}
-                unreadable = {}
+                loaded = {m: loading.load_file(case, m, p, self.loader, self.check_finite)
+                          for m, p in zip(self.modalities, paths)}
                 images, sources = {m: v[0] for m, v in loaded.items()}, {m: v[1] for m, v in loaded.items()}
-                reference = self.reference_modality
-            d[key] = self._onto_reference(case, images, sources, reference)
+                unreadable = {}
+            reference = self.reference_modality
+            d[key] = loading.onto_reference(case, images, sources, reference, self.modalities, **self.grid)
             if self.sources_key:
                 d[self.sources_key] = {
                     "reference": reference,

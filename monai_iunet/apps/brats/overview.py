@@ -96,7 +96,9 @@ def write_overview(image: MetaTensor, label: MetaTensor, path: str | Path, et_la
     import matplotlib.pyplot as plt
 
     entry = entry or {}
-    background, _ = ras_volume(ResampleToMatch(mode="bilinear")(image[channel : channel + 1], label))
+    # outside the network's (cropped) grid there is no image: zeros, not its border values smeared outwards
+    resample = ResampleToMatch(mode="bilinear", padding_mode="zeros")
+    background, _ = ras_volume(resample(image[channel : channel + 1], label))
     label_ras, spacing = ras_volume(label)
     masks = {region: np.isin(label_ras, values) for region, values in region_labels(et_label).items()}
     centre = np.argwhere(masks["WT"]).mean(0) if masks["WT"].any() else np.array(label_ras.shape) / 2

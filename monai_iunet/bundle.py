@@ -1,6 +1,6 @@
 """The bundles as code reaches them: ``bundle_path`` (where the shipped bundles are, installed or in a checkout),
 ``bundle_parser`` (a bundle's configs with its metadata, as ``monai.bundle run`` reads them), ``network_def`` (the
-network a config describes) and ``run_bundle`` (``monai.bundle run`` in a fresh process).
+network a config describes) and ``bundle_command`` (the command line of ``monai.bundle run``).
 
     python -m monai_iunet.bundle brats_iunet_segmentation     # prints the bundle folder
 """
@@ -8,12 +8,11 @@ network a config describes) and ``run_bundle`` (``monai.bundle run`` in a fresh 
 from __future__ import annotations
 
 import copy
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["BUNDLES", "bundle_path", "bundle_parser", "network_def", "bundle_command", "run_bundle"]
+__all__ = ["BUNDLES", "bundle_path", "bundle_parser", "network_def", "bundle_command"]
 
 BUNDLES = ("brats_iunet_segmentation", "ct_iunet_postprocessing")
 
@@ -85,19 +84,6 @@ def bundle_command(configs: Sequence, launcher: Sequence[str] | None = None, **o
     for key, value in overrides.items():
         command += [f"--{key}", str(value)]
     return command
-
-
-def run_bundle(bundle: str | Path, configs: list, log: str | Path | None = None, **overrides) -> None:
-    """``python -m monai.bundle run`` in ``bundle`` (a fresh process; :func:`bundle_command`); the command is
-    printed, its output goes to the console or appended to ``log``. Raises ``subprocess.CalledProcessError`` if the
-    run fails."""
-    command = bundle_command(configs, **overrides)
-    if log is None:
-        print("\n$ " + " ".join(command[1:]), flush=True)
-        subprocess.run(command, cwd=bundle, check=True)
-        return
-    with open(log, "a") as out:
-        subprocess.run(command, cwd=bundle, check=True, stdout=out, stderr=subprocess.STDOUT)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -40,8 +40,8 @@ from scipy.stats import spearmanr
 from monai_iunet.apps.brats.labels import REGIONS
 from monai_iunet.apps.brats.metrics import score_case, score_label_maps, summarise
 from monai_iunet.apps.brats.postprocess import SuppressSmallEnhancingd
-from monai_iunet.bundle import run_bundle
 from monai_iunet.networks import ensemble_state_dict
+from scripts.bundle_run import run_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"

@@ -19,12 +19,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import warnings
 from pathlib import Path
 
 __all__ = ["segment_study", "print_report", "main"]
 
 VOLUME_ORDER = ("WT", "TC", "ET", "NCR", "ED")
+
+
+def quiet_library_notices() -> None:
+    """A clinician reads the command's own output: MONAI announces on every run that its optional GPU DICOM decoder
+    (nvImageCodec) is not installed, which says nothing about the study."""
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin")
 
 def segment_study(
     study: str | Path,
@@ -146,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                              "score); default from the bundle: on")
     parser.add_argument("--overview", action="store_true", help="also write <case>_overview.png")
     args = parser.parse_args(argv)
+    quiet_library_notices()
     pins = dict(pin.split("=", 1) for pin in args.series)
     overrides = {
         **({"coregister": True} if args.coregister else {}),

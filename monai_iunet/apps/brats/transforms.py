@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import LoadImage, MapTransform, Spacingd
+from monai.transforms import LoadImage, MapTransform, Spacingd, Transform
 
 from . import loading
 from .cases import CaseError, case_name, check_brats_labels
 from .labels import MODALITIES, REGIONS, SERIES_RULES, labels_from_regions, release_of
 
-__all__ = ["LoadModalitiesd", "BratsLabelsFromRegionsd", "CheckBratsLabelsd", "TolerantSpacingd"]
+__all__ = ["LoadModalitiesd", "BratsLabelsFromRegions", "BratsLabelsFromRegionsd", "CheckBratsLabelsd",
+           "TolerantSpacingd"]
 
-
-logger = logging.getLogger(__name__)
 
 
 class LoadModalitiesd(MapTransform):
@@ -148,29 +146,44 @@ class CheckBratsLabelsd(MapTransform):
         return d
 
 
-class BratsLabelsFromRegionsd(MapTransform):
-    """Binary region channels (TC, WT, ET) → one BraTS label map: 1 necrotic core, 2 edema, ``et_label`` enhancing.
+class BratsLabelsFromRegions(Transform):
+    """Binary region channels (TC, WT, ET) → one BraTS label map (one channel, uint8; meta data kept):
+    :func:`labels.labels_from_regions`, the inverse of ``ConvertToMultiChannelBasedOnBratsClasses``.
 
-    The inverse of ``ConvertToMultiChannelBasedOnBratsClassesd``: ET → ``et_label`` (4 for BraTS 2018-2022, 3 for
-    2023+), TC without ET → 1, WT without TC → 2. Output: one channel, uint8.
+    Args:
+        et_label: label value of enhancing tumour (4 for BraTS 2018-2022, 3 for 2023+).
+    """
+
+    def __init__(self, et_label: int = 4) -> None:
+        release_of(et_label)  # checks the value
+        self.et_label = et_label
+
+    def __call__(self, regions):
+        if regions.shape[0] != len(REGIONS):
+            raise ValueError(f"the regions must have {len(REGIONS)} channels ({', '.join(REGIONS)}), got "
+                             f"{regions.shape[0]}.")
+        label = labels_from_regions(torch.as_tensor(regions), self.et_label).unsqueeze(0)
+        if isinstance(regions, MetaTensor):
+            label = MetaTensor(label, meta=dict(regions.meta), applied_operations=list(regions.applied_operations))
+        return label
+
+
+class BratsLabelsFromRegionsd(MapTransform):
+    """Dictionary-based :class:`BratsLabelsFromRegions`.
+
+    Args:
+        keys: keys of the region channels (TC, WT, ET).
+        et_label: label value of enhancing tumour (4 for BraTS 2018-2022, 3 for 2023+).
     """
 
     def __init__(self, keys: KeysCollection, et_label: int = 4, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        release_of(et_label)  # checks the value
-        self.et_label = et_label
+        self.converter = BratsLabelsFromRegions(et_label)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            regions = d[key]
-            if regions.shape[0] != len(REGIONS):
-                raise ValueError(f"{key} must have {len(REGIONS)} channels ({', '.join(REGIONS)}), got "
-                                 f"{regions.shape[0]}.")
-            label = labels_from_regions(torch.as_tensor(regions), self.et_label).unsqueeze(0)
-            if isinstance(regions, MetaTensor):
-                label = MetaTensor(label, meta=dict(regions.meta), applied_operations=list(regions.applied_operations))
-            d[key] = label
+            d[key] = self.converter(d[key])
         return d
 
 

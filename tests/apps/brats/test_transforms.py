@@ -7,7 +7,12 @@ import torch
 from monai.transforms import ConvertToMultiChannelBasedOnBratsClassesd, LoadImaged
 
 from monai_iunet.apps.brats.cases import CaseError
-from monai_iunet.apps.brats.transforms import BratsLabelsFromRegionsd, CheckBratsLabelsd, LoadModalitiesd
+from monai_iunet.apps.brats.transforms import (
+    BratsLabelsFromRegions,
+    BratsLabelsFromRegionsd,
+    CheckBratsLabelsd,
+    LoadModalitiesd,
+)
 
 
 @pytest.mark.parametrize("et_label", [4, 3])
@@ -16,8 +21,12 @@ def test_labels_from_regions_inverts_brats_conversion(et_label):
     regions = ConvertToMultiChannelBasedOnBratsClassesd("label", et_label=et_label)({"label": label})["label"]
     back = BratsLabelsFromRegionsd("label", et_label=et_label)({"label": regions.float()})["label"]
     torch.testing.assert_close(back, label.to(torch.uint8))
+    # the array transform and the pure function give the same map (probabilities thresholded at 0.5)
+    torch.testing.assert_close(BratsLabelsFromRegions(et_label)(0.9 * regions.float()), back)
     with pytest.raises(ValueError, match="et_label"):
         BratsLabelsFromRegionsd("label", et_label=2)
+    with pytest.raises(ValueError, match="3 channels"):
+        BratsLabelsFromRegions(et_label)(regions[:2])
 
 
 def _write(path, data, affine=np.eye(4)):

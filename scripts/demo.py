@@ -166,7 +166,7 @@ def main() -> None:
     name = Path(case["label"]).parent.name
     png = out / "overlay.png"
     overlay(data / case["image"][3], data / case["label"], out / "pred_nifti" / f"{name}_seg.nii.gz", png,
-            et_label_of(datalist))
+            et_label_of(data / "datalist.json"))
 
     study_case = data / datalist["testing_dicom"][0]["image"][0]
     study_case = Path(str(study_case)).parents[1]  # <case>/dicom/t1 -> <case>

@@ -2,8 +2,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The MONAI Deploy application's own environment (as a MAP has its own): the App SDK installed beside MONAI makes
+# every `import monai` import Holoscan (MONAI loads its namespace's sub-packages, monai.deploy among them).
+DEPLOY_VENV := .venv-deploy
+DEPLOY_STAMP := $(DEPLOY_VENV)/.installed
 
-.PHONY: test test-fast lint demo demo-ct install clean
+.PHONY: test test-fast lint demo demo-ct install deploy-env clean
 
 # (Re)install when the venv is missing or the dependency files changed.
 $(STAMP): pyproject.toml requirements/ci.txt
@@ -13,7 +17,16 @@ $(STAMP): pyproject.toml requirements/ci.txt
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-install: $(STAMP)
+$(DEPLOY_STAMP): pyproject.toml requirements/ci.txt
+	test -x $(DEPLOY_VENV)/bin/python || $(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet -r requirements/ci.txt
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet -e ".[deploy]"
+	touch $(DEPLOY_STAMP)
+
+install: $(STAMP) $(DEPLOY_STAMP)
+
+deploy-env: $(DEPLOY_STAMP)
 
 # The whole suite (what CI runs), the line-length and import rules included.
 test: lint
@@ -33,4 +46,4 @@ demo-ct: $(STAMP)
 	$(PY) -m scripts.demo_ct
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(DEPLOY_VENV) .pytest_cache .hypothesis

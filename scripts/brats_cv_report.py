@@ -111,15 +111,15 @@ def training_log(run: Path, epoch_length: int) -> dict:
     }
 
 
-def infer_fold(run: Path, data: Path, member: Path, setting: str) -> dict:
-    """``inference.json`` on the fold's held-out cases; the inference report."""
+def infer_fold(run: Path, data: Path, member: Path, setting: str, **overrides) -> dict:
+    """``inference.json`` on the fold's held-out cases (``overrides``: further config ids); the inference report."""
     out = run / "oof" / setting
     if out.exists():
         shutil.rmtree(out)
     run_bundle(BUNDLE, [BUNDLE / "configs" / "inference.json"], log=run / f"oof_{setting}.log", bundle_root=BUNDLE,
                dataset_dir=data, data_list_file_path=run / "datalist.json", data_list_key="testing",
                ckpt_path=member, num_members=1, output_dir=out, write_dicom_seg=False, et_min_volume_ml=0,
-               **SETTINGS[setting])
+               **SETTINGS[setting], **overrides)
     return json.loads((out / "inference_report.json").read_text())
 
 

@@ -4,6 +4,7 @@ application), and the benchmark harness is not installed."""
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -98,6 +99,33 @@ def test_the_check_sees_a_wrong_import(tmp_path):
     (package / "networks" / "net.py").write_text("from ..layers import base\n")
     assert violations(package) == ["monai_iunet.dicom.seg imports monai_iunet.apps.brats.labels",
                                    "monai_iunet.layers.base imports monai_iunet.networks"]
+
+
+def external_imports(path: Path) -> set[str]:
+    """The top-level names of every absolute import in a file (``monai.deploy.core`` → ``monai.deploy``)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                   else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+        names |= {".".join(m.split(".")[:2]) if m.startswith("monai.") else m.split(".")[0] for m in modules}
+    return names
+
+
+def test_the_library_does_not_import_the_deploy_sdk():
+    """MONAI Deploy lives in its own room (deploy/): no module of the package imports the App SDK or Holoscan, and
+    the application imports them (the check sees them)."""
+    sdk = {"monai.deploy", "holoscan"}
+    assert {str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py") if external_imports(p) & sdk} == set()
+    assert external_imports(ROOT / "deploy" / "brats_iunet_app" / "app.py") >= sdk - {"holoscan"}
+
+
+def test_the_deploy_app_is_the_bundle_version():
+    """The MAP's version (app.yaml) is the version of the bundle it serves."""
+    import yaml
+
+    app = yaml.safe_load((ROOT / "deploy" / "brats_iunet_app" / "app.yaml").read_text())
+    metadata = json.loads((ROOT / "bundles" / "brats_iunet_segmentation" / "configs" / "metadata.json").read_text())
+    assert str(app["application"]["version"]) == metadata["version"] and app["resources"]["gpu"] == 0
 
 
 def test_benchmark_harness_is_not_in_the_package():

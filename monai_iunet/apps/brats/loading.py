@@ -25,8 +25,8 @@ from ...dicom.series import (
 from .cases import CaseError
 from .registration import register_rigid
 
-__all__ = ["check_finite", "load_file", "load_series", "load_series_folder", "load_stacked", "load_study",
-           "onto_reference"]
+__all__ = ["check_finite", "choose_series", "load_file", "load_series", "load_series_folder", "load_stacked",
+           "load_study", "onto_reference"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +102,11 @@ def load_stacked(case: str, key: str, path: str, modalities: Sequence[str], load
                    "modalities": {m: dict(source, channel=i) for i, m in enumerate(modalities)}}
 
 
-def load_study(case: str, item: Mapping, series_rules: Mapping[str, Mapping], finite: bool = True):
-    """The modalities of a DICOM study folder (``item["study"]``), a series per modality chosen by
-    ``series_rules`` (``item["series"]`` pins, ``item["study_uid"]`` picks one study of several): the images, where
-    each came from, and the series of the study that could not be read (by label)."""
+def choose_series(case: str, item: Mapping, series_rules: Mapping[str, Mapping]) -> tuple[list, dict]:
+    """The series of the one study in ``item["study"]`` (a folder; ``item["study_uid"]`` picks one study of several)
+    and the series chosen per modality by ``series_rules`` (``item["series"]`` pins): ``(series, {modality:
+    SeriesChoice})``. A ``CaseError`` naming the case and folder when there is no single study or a modality has no
+    series (or more than one equally good)."""
     folder = Path(str(item["study"]))
     try:
         series = index_dicom_files(folder)
@@ -114,11 +115,18 @@ def load_study(case: str, item: Mapping, series_rules: Mapping[str, Mapping], fi
         except SeriesError as error:  # a case is one study: say how to choose one
             raise SeriesError(f"{error}\nChoose one with \"study_uid\": \"<StudyInstanceUID>\" in the datalist "
                               "item (monai-iunet-segment: --study UID).") from error
-        chosen = select_series(series, series_rules, item.get("series"))
+        return series, select_series(series, series_rules, item.get("series"))
     except (SeriesError, SelectionError) as error:
         raise CaseError(f"case {case}: study {folder}: {error}") from error
+
+
+def load_study(case: str, item: Mapping, series_rules: Mapping[str, Mapping], finite: bool = True):
+    """The modalities of a DICOM study folder (``item["study"]``), a series per modality chosen by
+    ``series_rules`` (``choose_series``): the images, where each came from, and the series of the study that could
+    not be read (by label)."""
+    series, chosen = choose_series(case, item, series_rules)
     images = {m: load_series(case, m, c.series, finite) for m, c in chosen.items()}
-    sources = {m: {"study": str(folder), **c.report(), "dicom_series": c.series} for m, c in chosen.items()}
+    sources = {m: {"study": str(item["study"]), **c.report(), "dicom_series": c.series} for m, c in chosen.items()}
     return images, sources, {s.label: list(s.unreadable) for s in series if s.unreadable}
 
 

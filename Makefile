@@ -29,7 +29,7 @@ install: $(STAMP) $(DEPLOY_STAMP)
 deploy-env: $(DEPLOY_STAMP)
 
 # The whole suite (what CI runs), the line-length and import rules included.
-test: lint
+test: lint $(DEPLOY_STAMP)
 	$(PY) -m pytest -q tests
 
 # The edit loop: everything but the tests marked slow (bundles, trainings, subprocesses).

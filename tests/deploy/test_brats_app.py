@@ -48,7 +48,8 @@ def one_member_bundle(tmp_path_factory) -> Path:
     bundle = tmp_path_factory.mktemp("bundle") / "brats_one_member"
     shutil.copytree(BUNDLE / "configs", bundle / "configs")
     (bundle / "models").mkdir()
-    shutil.copy(BUNDLE / "models" / "qc_flow.pt", bundle / "models")
+    for qc in ("qc_flow.pt", "modality_check.pt"):
+        shutil.copy(BUNDLE / "models" / qc, bundle / "models")
     state = torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)
     torch.save({k: v for k, v in state.items() if k.startswith("members.0.")}, bundle / "models" / "model.pt")
     inference = json.loads((bundle / "configs" / "inference.json").read_text())

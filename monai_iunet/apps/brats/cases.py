@@ -23,6 +23,7 @@ class CaseKeys(StrEnum):
     BRAIN_EXTRACTION = "brain_extraction"  # what brain extraction did (SkullStripd)
     BRAIN_MASK = "brain_mask"  # the brain mask itself (SkullStripd), written on request
     QC = "qc"  # the scan QC (ScanQCd)
+    MODALITY_CHECK = "modality_check"  # which contrast each slot holds (ModalityCheckd)
     UNCERTAINTY = "uncertainty"  # the case's uncertainty (CaseUncertaintyd)
     VOLUMES = "volumes_ml"  # the tumour volumes (TumourVolumesd)
 

@@ -47,7 +47,8 @@ class BatchSegmentation:
         network: the network (weights loaded).
         preprocessing: dict transform producing ``"image"`` (channel-first, no batch dimension) and the case's
             records under ``cases.CaseKeys``: where each modality came from (``LoadModalitiesd(sources_key=...)``),
-            the brain extraction and its mask (``SkullStripd``), the scan QC (``ScanQCd``).
+            the brain extraction and its mask (``SkullStripd``), the scan QC (``ScanQCd``), the modality
+            check (``ModalityCheckd``).
         inferer: a MONAI inferer, e.g. ``SlidingWindowInferer``.
         postprocessing: dict transform mapping ``"pred"`` to a one-channel label map on the input's original grid
             (e.g. Activationsd, Invertd, AsDiscreted, BratsLabelsFromRegionsd), and putting the uncertainty
@@ -161,7 +162,7 @@ class BatchSegmentation:
         }
         if sources.get("unreadable"):  # series of the study not used because files of theirs cannot be read
             entry["unreadable_files"] = sources["unreadable"]
-        for key in (CaseKeys.BRAIN_EXTRACTION, CaseKeys.QC):
+        for key in (CaseKeys.BRAIN_EXTRACTION, CaseKeys.QC, CaseKeys.MODALITY_CHECK):
             if key in data:
                 entry[key.value] = data[key]
         image = data["image"].unsqueeze(0).to(self.device)

@@ -20,12 +20,17 @@ CONTOURS = (("WT", "yellow"), ("TC", "red"), ("ET", "cyan"))
 
 
 def verdicts(entry: dict) -> list[str]:
-    """One line each for the scan QC and the uncertainty of a report entry (``BatchSegmentation``'s), in words."""
+    """One line each for the scan QC, the modality check and the uncertainty of a report entry
+    (``BatchSegmentation``'s), in words."""
     lines = []
     qc = entry.get("qc") or {}
     if qc.get("score") is not None:
         lines.append(("Scan QC: UNUSUAL input, check the series and their order" if qc.get("flagged") else
                       "Scan QC: the input looks like the training cases") + f" ({qc['score']:.2f} bits/dim)")
+    modalities = entry.get("modality_check") or {}
+    if "flagged" in modalities:
+        lines.append("Modalities: CHECK THE SERIES, " + "; ".join(modalities["findings"]) if modalities["flagged"]
+                     else "Modalities: each slot holds the contrast it should")
     unc = entry.get("uncertainty") or {}
     if unc.get("score") is not None:
         lines.append(("Uncertainty: HIGH, the segmentation is likely wrong in places, review it" if unc.get("flagged")

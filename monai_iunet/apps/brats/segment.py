@@ -9,7 +9,8 @@ onto the T1ce grid, skull-strips them unless they already are (deepbet on the T1
 ``OUT_DIR/<case>_seg.nii.gz``, ``OUT_DIR/<case>_seg.dcm`` (DICOM SEG of the T1ce series) and
 ``OUT_DIR/inference_report.json``. The shipped model is an ensemble of five cross-validated IUNets with mirroring
 (``--no-tta``: one pass per member, faster, no uncertainty). The command prints the outputs, which series were used,
-the brain extraction, the scan QC (a typicality score: a warning, not a refusal; ``--no-qc``), the tumour volumes in
+the brain extraction, the scan QC (a typicality score and a check that each slot holds the contrast it should:
+warnings, not refusals; ``--no-qc``), the tumour volumes in
 mL and the uncertainty verdict (a likely failure is flagged: a warning, not a refusal), and exits non-zero when an
 output failed. ``--overview`` also writes ``OUT_DIR/<case>_overview.png``: the T1ce in three planes through the tumour
 with the region contours, volumes and verdicts.
@@ -112,6 +113,12 @@ def print_report(report: dict) -> None:
             verdict = ("FLAGGED: unlike the BraTS training cases; check modalities, order and pre-processing"
                        if qc["flagged"] else "looks like the training cases")
             print(f"  scan QC: {qc['score']} {qc['units']} (threshold {qc['threshold']}): {verdict}")
+        modalities = case.get("modality_check")
+        if modalities and "flagged" in modalities:
+            verdict = ("FLAGGED: " + "; ".join(modalities["findings"]) if modalities["flagged"]
+                       else "each slot holds the contrast it should")
+            print(f"  modality check: {verdict} (log-likelihood ratio {modalities['log_likelihood_ratio']}, "
+                  f"threshold {modalities['threshold']})")
         volumes = case.get("volumes_ml")
         if volumes:
             print("  tumour volumes: " + ", ".join(f"{name} {volumes[name]:.1f} mL" for name in VOLUME_ORDER)
@@ -149,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                              "unless the images are already skull-stripped)")
     parser.add_argument("--write-brain-mask", action="store_true",
                         help="also write <case>_brain_mask.nii.gz when brain extraction ran")
-    parser.add_argument("--no-qc", action="store_true", help="skip the scan QC (the flow's typicality score)")
+    parser.add_argument("--no-qc", action="store_true",
+                        help="skip the scan QC (the flow's typicality score and the modality check)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                         help="mirroring test-time augmentation (8 passes per member; needed for the uncertainty "
                              "score); default from the bundle: on")

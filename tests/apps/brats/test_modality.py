@@ -1,0 +1,88 @@
+"""The per-slot modality check: the shipped classifier passes a real case as given and flags it with the slots
+named when two modalities are swapped, when one series fills two slots and when the T1 is given as the T1ce; the
+check's own errors and switches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from monai_iunet.apps.brats.labels import MODALITIES
+from monai_iunet.apps.brats.modality import (
+    ModalityCheckd,
+    ModalityClassifier,
+    check_modalities,
+    load_modality_check,
+    modality_features,
+)
+from monai_iunet.bundle import bundle_parser
+
+ROOT = Path(__file__).resolve().parents[3]
+BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
+WEIGHTS = BUNDLE / "models" / "modality_check.pt"
+CASE = ROOT.parent / "shared" / "data" / "brats" / "Brats18_2013_2_1"
+
+
+@pytest.fixture(scope="module")
+def real_channels() -> list[np.ndarray]:
+    """A real case through the bundle's own pre-processing up to its QC (2 mm, RAS, brain box, normalised)."""
+    if not CASE.is_dir():
+        pytest.skip("../shared/data not present")
+    parser = bundle_parser(str(BUNDLE / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')", "scan_qc": False,
+                   "skull_strip": "false"})
+    transforms = parser.get_parsed_content("preprocessing").transforms
+    data = {"image": [str(CASE / f"{CASE.name}_{m}.nii.gz") for m in MODALITIES], "case": CASE.name}
+    for transform in transforms:
+        if type(transform).__name__ in ("ScanQCd", "ModalityCheckd"):
+            break
+        data = transform(data)
+    return [np.asarray(c) for c in data["image"]]
+
+
+def test_a_real_case_passes(real_channels):
+    check = check_modalities(real_channels, load_modality_check(WEIGHTS))
+    assert not check["flagged"] and check["findings"] == [] and check["best_order"] == list(MODALITIES)
+    assert check["log_likelihood_ratio"] == 0 and check["duplicates"] == []
+
+
+def test_swapped_modalities_are_flagged_with_the_slots_named(real_channels):
+    t1, t1ce, t2, flair = real_channels
+    check = check_modalities([t1, t1ce, flair, t2], load_modality_check(WEIGHTS))
+    assert check["flagged"] and check["log_likelihood_ratio"] > check["threshold"]
+    assert check["findings"] == ["the T2 slot looks like FLAIR", "the FLAIR slot looks like T2"]
+    check = check_modalities([flair, t2, t1, t1ce], load_modality_check(WEIGHTS))  # the order of issue 27
+    assert check["best_order"] == ["flair", "t2", "t1", "t1ce"]  # what each slot holds
+    assert check["findings"][0] == "the T1 slot looks like FLAIR" and len(check["findings"]) == 4
+
+
+def test_one_series_in_two_slots_and_the_t1_as_t1ce_are_flagged(real_channels):
+    t1, _, t2, flair = real_channels
+    check = check_modalities([t1, t1, t2, flair], load_modality_check(WEIGHTS))
+    assert check["flagged"] and check["duplicates"] == [["t1", "t1ce", 1.0]]
+    assert "the T1 and T1ce (post-contrast T1) slots hold the same image (correlation 1.000)" in check["findings"]
+
+
+def test_the_transform_records_the_check_and_can_be_switched_off(real_channels, caplog):
+    image = torch.as_tensor(np.stack([real_channels[0], real_channels[0], *real_channels[2:]]))
+    out = ModalityCheckd("image", WEIGHTS)({"image": image, "case": "c1"})
+    assert out["modality_check"]["flagged"] and "c1" in caplog.text and "same image" in caplog.text
+    assert ModalityCheckd("image", "none.pt", enabled=False)({"image": image})["modality_check"] == {"enabled": False}
+    empty = ModalityCheckd("image", WEIGHTS)({"image": torch.zeros(4, 8, 8, 8)})["modality_check"]
+    assert empty == {"flagged": True, "findings": ["the modalities could not be checked: a channel with 0 non-zero "
+                                                   "voxels has no brain to describe."]}
+
+
+def test_errors_say_what_is_wrong(tmp_path):
+    with pytest.raises(FileNotFoundError, match="scan_qc: false"):
+        ModalityCheckd("image", tmp_path / "none.pt")
+    with pytest.raises(ValueError, match="no brain"):
+        modality_features(np.zeros((8, 8, 8)))
+    classifier = ModalityClassifier.fit(np.random.default_rng(0).normal(size=(40, 16)), np.arange(40) % 4, MODALITIES)
+    with pytest.raises(ValueError, match="3 channels given"):
+        check_modalities([np.ones((8, 8, 8))] * 3, classifier)
+    with pytest.raises(ValueError, match="expected 3"):
+        ModalityClassifier(("t1", "t2", "flair"), classifier.state)

@@ -86,3 +86,16 @@ def test_errors_say_what_is_wrong(tmp_path):
         check_modalities([np.ones((8, 8, 8))] * 3, classifier)
     with pytest.raises(ValueError, match="expected 3"):
         ModalityClassifier(("t1", "t2", "flair"), classifier.state)
+
+
+def test_a_ct_in_every_slot_is_flagged():
+    """A real CT (dcmqi's 3-slice liver CT) given as all four MR series: one series in every slot."""
+    import pydicom
+
+    folder = ROOT.parent / "shared" / "data" / "seg" / "dcmqi_liver_ct" / "ct_source"
+    if not folder.is_dir():
+        pytest.skip("../shared/data not present")
+    slices = sorted((pydicom.dcmread(f) for f in folder.iterdir()), key=lambda ds: float(ds.ImagePositionPatient[2]))
+    ct = np.stack([ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in slices])
+    check = check_modalities([ct] * 4, load_modality_check(WEIGHTS))
+    assert check["flagged"] and len(check["duplicates"]) == 6

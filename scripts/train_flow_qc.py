@@ -40,6 +40,8 @@ BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
 SHIPPED = BUNDLE / "models" / "qc_flow.pt"
 FOLDS_FILE = ROOT / "configs" / "splits" / "flow_qc_folds.json"
 NUM_FOLDS = 3
+# typicality both ways (issue 27): flagged below too, the mirror of the recipe's rule, added after its evaluation
+LOWER_RULE = "median - 4 * 1.4826 * MAD of OOF"
 RECIPE = {
     "flow": {"spatial_dims": 3, "in_channels": 4, "num_levels": 3, "blocks_per_level": 1, "actnorm": True},
     "steps": 700, "batch_size": 4, "learning_rate": 1e-3, "warmup_steps": 50, "grad_clip": 50.0, "seed": 0,
@@ -190,13 +192,14 @@ def ship() -> None:
     calibration = {"out_of_fold_bits_per_dim": {c: round(s, 4) for c, s in sorted(oof.items())},
                    "flagged_out_of_fold": sorted(c for c, s in oof.items() if s > threshold),
                    "rule": RECIPE["threshold"], "recipe": {k: v for k, v in RECIPE.items() if k != "flow"},
+                   "lower_rule": LOWER_RULE,
                    "training_s": final["training_s"], "commit": commit, "threads": 1,
                    "wall_time": "two runs at a time, one CPU thread each: fold0+fold1, then fold2+all, ~24 min each",
                    "command": "python -m scripts.train_flow_qc prepare; ... train --run fold0|fold1|fold2|all; "
                               "... ship",
                    "qc_shape": list(QC_SHAPE)}
     save_qc_flow(SHIPPED, final["config"], flow.state_dict(), threshold=threshold,
-                 calibration=json.dumps(calibration))
+                 lower_threshold=robust_threshold(list(oof.values()), -4.0), calibration=json.dumps(calibration))
     (WORK / "calibration.json").write_text(json.dumps({"threshold": threshold, **calibration}, indent=1))
     print(f"threshold {threshold:.4f} bits/dim ({len(calibration['flagged_out_of_fold'])} of {len(oof)} "
           f"out-of-fold cases above it) -> {SHIPPED}")

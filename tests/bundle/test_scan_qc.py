@@ -101,6 +101,20 @@ def test_scan_qc_transform_scores_flags_and_can_be_switched_off(tmp_path):
         ScanQCd("image", tmp_path / "none.pt")
 
 
+def test_typicality_both_ways(tmp_path, caplog):
+    """A score below the lower threshold (more likely than every training case: an image simpler than a brain) is
+    flagged too, and the report says which way."""
+    image = MetaTensor(torch.randn(4, 96, 96, 80), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
+    weights = tmp_path / "two_sided.pt"
+    flow = IUNetFlow(**TINY_FLOW)
+    save_qc_flow(weights, TINY_FLOW, flow.state_dict(), threshold=1e9, lower_threshold=1e8)
+    qc = ScanQCd("image", weights)({"image": image, "case": "slab"})["qc"]
+    assert qc["flagged"] and qc["why"].startswith("simpler than any BraTS training case")
+    assert qc["lower_threshold"] == 1e8 and "slab looks simpler" in caplog.text
+    qc = ScanQCd("image", save_flow(tmp_path / "one_sided.pt", 1e9))({"image": image})["qc"]
+    assert not qc["flagged"] and "why" not in qc and qc["lower_threshold"] == -float("inf")
+
+
 @pytest.mark.slow
 def test_qc_lands_in_the_inference_report_and_the_case_is_still_segmented(sphere_study, tmp_path):  # noqa: F811
     weights = save_flow(tmp_path / "qc.pt", threshold=-1.0)  # everything is flagged
@@ -124,6 +138,9 @@ def test_the_shipped_qc_flow_and_its_calibration():
     flow.load_state_dict(saved["state_dict"])  # strict
     oof = list(calibration["out_of_fold_bits_per_dim"].values())
     assert len(oof) == 24 and saved["threshold"] == pytest.approx(robust_threshold(oof), abs=1e-3)
+    assert saved["lower_threshold"] == pytest.approx(robust_threshold(oof, -4.0), abs=1e-3)
+    assert saved["lower_threshold"] < min(oof)
+    assert calibration["lower_rule"] == "median - 4 * 1.4826 * MAD of OOF"
     assert calibration["flagged_out_of_fold"] == sorted(c for c, s in calibration["out_of_fold_bits_per_dim"].items()
                                                         if s > saved["threshold"])
     assert len(calibration["commit"]) == 40 and calibration["training_s"] > 0

@@ -96,7 +96,8 @@ def bits_per_dim(flow: IUNetFlow, levels: Tensor, noise: bool = False) -> Tensor
 
 
 def robust_threshold(scores: Sequence[float], z: float = 4.0) -> float:
-    """``median + z · 1.4826 · MAD``: a high robust z-score of in-distribution (cross-validated) scores."""
+    """``median + z · 1.4826 · MAD``: a high (``z`` > 0) or low (``z`` < 0) robust z-score of in-distribution
+    (cross-validated) scores."""
     values = np.asarray(scores, float)
     median = float(np.median(values))
     return median + z * 1.4826 * float(np.median(np.abs(values - median)))
@@ -104,7 +105,8 @@ def robust_threshold(scores: Sequence[float], z: float = 4.0) -> float:
 
 def save_qc_flow(path: str | Path, config: dict, state_dict: dict, **fields) -> Path:
     """Write a QC flow file (atomically): ``{"config": IUNetFlow kwargs, "state_dict", **fields}``; the shipped one
-    (``models/qc_flow.pt``) has the fields ``threshold`` (bits/dim) and ``calibration`` (a JSON string)."""
+    (``models/qc_flow.pt``) has the fields ``threshold`` and ``lower_threshold`` (bits/dim) and ``calibration`` (a
+    JSON string)."""
     save_atomically({"config": dict(config), "state_dict": state_dict, **fields}, path)
     return Path(path)
 
@@ -119,12 +121,26 @@ def load_qc_flow(path: str | Path) -> tuple[IUNetFlow, dict]:
 
 
 class ScanQC:
-    """A trained QC flow with its threshold (from :meth:`load`), scoring pre-processed cases in bits/dim."""
+    """A trained QC flow with its thresholds (from :meth:`load`), scoring pre-processed cases in bits/dim.
 
-    def __init__(self, flow: IUNetFlow, threshold: float, device: str | torch.device = "cpu") -> None:
+    Typicality both ways: a case is unusual above ``threshold`` (unlike the training cases) and below
+    ``lower_threshold`` (*more* likely than any training case: an image simpler than a brain, such as a near-empty
+    CT slab, which a likelihood rewards; Kirichenko et al. 2020)."""
+
+    def __init__(self, flow: IUNetFlow, threshold: float, device: str | torch.device = "cpu",
+                 lower_threshold: float = -math.inf) -> None:
         self.device = torch.device(device)
         self.flow = flow.to(self.device).eval()
         self.threshold = float(threshold)
+        self.lower_threshold = float(lower_threshold)
+
+    def verdict(self, score: float) -> str | None:
+        """Why a score is unusual, or None."""
+        if score > self.threshold:
+            return "unlike the BraTS training cases"
+        if score < self.lower_threshold:
+            return "simpler than any BraTS training case (more likely than all of them: not a brain MRI?)"
+        return None
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> ScanQC:
@@ -132,7 +148,7 @@ class ScanQC:
         flow, fields = load_qc_flow(path)
         if "threshold" not in fields:
             raise ValueError(f"{path} is a QC flow without a threshold (a training run's flow.pt, not a shipped one).")
-        return cls(flow, fields["threshold"], device)
+        return cls(flow, fields["threshold"], device, fields.get("lower_threshold", -math.inf))
 
     @torch.no_grad()
     def score(self, image) -> float:
@@ -170,11 +186,12 @@ class ScanQCd(MapTransform):
                 d[self.qc_key] = {"enabled": False}
                 continue
             score = self.qc.score(d[key])
-            flagged = score > self.qc.threshold
+            why = self.qc.verdict(score)
             d[self.qc_key] = {"score": round(score, 4), "threshold": round(self.qc.threshold, 4),
-                              "flagged": bool(flagged), "units": "bits/dim"}
-            if flagged:
-                logger.warning("scan QC: %s looks unlike the BraTS training cases (%.3f bits/dim > threshold %.3f): "
-                               "check the modalities, their order and the pre-processing; the segmentation is "
-                               "still written.", d.get("case", "this case"), score, self.qc.threshold)
+                              "lower_threshold": round(self.qc.lower_threshold, 4), "flagged": why is not None,
+                              "units": "bits/dim", **({"why": why} if why else {})}
+            if why:
+                logger.warning("scan QC: %s looks %s (%.3f bits/dim; typical: %.3f to %.3f): check the modalities, "
+                               "their order and the pre-processing; the segmentation is still written.",
+                               d.get("case", "this case"), why, score, self.qc.lower_threshold, self.qc.threshold)
         return d

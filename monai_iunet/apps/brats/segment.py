@@ -110,9 +110,10 @@ def print_report(report: dict) -> None:
             print(f"  brain extraction: {done}")
         qc = case.get("qc")
         if qc and "score" in qc:
-            verdict = ("FLAGGED: unlike the BraTS training cases; check modalities, order and pre-processing"
-                       if qc["flagged"] else "looks like the training cases")
-            print(f"  scan QC: {qc['score']} {qc['units']} (threshold {qc['threshold']}): {verdict}")
+            verdict = (f"FLAGGED: {qc.get('why', 'unlike the BraTS training cases')}; check modalities, order and "
+                       "pre-processing" if qc["flagged"] else "looks like the training cases")
+            print(f"  scan QC: {qc['score']} {qc['units']} (typical {qc.get('lower_threshold', '-inf')} to "
+                  f"{qc['threshold']}): {verdict}")
         modalities = case.get("modality_check")
         if modalities and "flagged" in modalities:
             verdict = ("FLAGGED: " + "; ".join(modalities["findings"]) if modalities["flagged"]

@@ -210,7 +210,8 @@ def test_segment_command_on_a_pacs_study(trained, pacs_study, tmp_path):
     output = check(segment(pacs_study.parent, tmp_path / "out", "--overview"))  # a folder above the study is fine too
     for line in ("case A: ok", "t1ce   series #3 'AX T1 POST GAD'", "(reference grid)",
                  "flair  series #5 'COR T2 FLAIR'", "ContrastBolusAgent 'Gadobutrol'", "nifti: written",
-                 "dicom_seg: written", "overview: written", "tumour volumes: WT ", "uncertainty: "):
+                 "dicom_seg: written", "overview: written", "tumour volumes: WT ", "uncertainty: ", "review: ",
+                 "modality check: "):
         assert line in output, output[-3000:]
     for noise in ("nvImageCodec", "Orientationd.__init__"):  # a clinician's run prints no library notices
         assert noise not in output, output[-3000:]

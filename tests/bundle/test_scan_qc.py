@@ -123,6 +123,7 @@ def test_qc_lands_in_the_inference_report_and_the_case_is_still_segmented(sphere
     assert case["status"] == "ok" and case["outputs"]["nifti"]["status"] == "written"
     assert Path(case["outputs"]["nifti"]["path"]).name == "sphere_seg.nii.gz"
     assert case["qc"]["flagged"] is True and case["qc"]["threshold"] == -1.0
+    assert case["review"]["needed"] is True and case["review"]["because"][0] == "scan QC"  # the signals in one place
     saved = json.loads((tmp_path / "out" / "inference_report.json").read_text())
     assert saved["cases"]["sphere"]["qc"] == case["qc"]
     assert np.isfinite(case["qc"]["score"])

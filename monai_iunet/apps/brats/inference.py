@@ -175,6 +175,11 @@ class BatchSegmentation:
         for key in (CaseKeys.UNCERTAINTY, CaseKeys.VOLUMES):
             if key in data:
                 entry[key.value] = data[key]
+        # the three warnings in one place: a case any of them flags needs a human look
+        signals = ((CaseKeys.QC, "scan QC"), (CaseKeys.MODALITY_CHECK, "modality check"),
+                   (CaseKeys.UNCERTAINTY, "uncertainty"))
+        raised = [name for key, name in signals if (entry.get(key.value) or {}).get("flagged")]
+        entry["review"] = {"needed": bool(raised), "because": raised}
         label: MetaTensor = data["pred"]
         entry["outputs"]["nifti"] = {"status": "written", "path": self._save(label, name, "seg")}
         if self.overview:

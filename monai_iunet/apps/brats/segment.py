@@ -128,6 +128,10 @@ def print_report(report: dict) -> None:
         if uncertainty:
             print("  " + next(line for line in verdicts(case) if line.startswith("Uncertainty")).replace(
                 "Uncertainty:", "uncertainty:", 1))
+        review = case.get("review")
+        if review:
+            print("  review: " + ("NEEDED (" + ", ".join(review["because"]) + " flagged the case)" if review["needed"]
+                                  else "no warning raised (scan QC, modality check, uncertainty)"))
         if case.get("error"):
             print(f"  error: {case['error']}")
 

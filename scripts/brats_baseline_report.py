@@ -40,6 +40,7 @@ from scripts.brats_cv_report import (
 )
 
 SEGRESNET = ROOT / "configs" / "bundles" / "brats_segresnet.json"
+ORDER = ("WT", "TC", "ET")  # the order the tables print
 
 
 def network_parameters(config: Path) -> int:
@@ -70,31 +71,32 @@ def write_markdown(results: dict, path: Path) -> None:
         f"Folds: {', '.join(results['folds'])} ({results['n_cases']} held-out cases).",
         "",
         "| network | parameters | steps per fold | training time per fold (s) | runs at once on 2 cores "
-        "| WT Dice | TC Dice | ET Dice | WT HD95 | TC HD95 | ET HD95 | s per case (mirroring, median) |",
+        "| WT Dice | TC Dice | ET Dice | WT HD95 (mm) | TC HD95 | ET HD95 | s per case (mirroring, median) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, model in models.items():
         s = model["summary"]
         lines.append(
             f"| {name} | {model['parameters']:,} | {' / '.join(str(f['steps']) for f in model['folds'].values())} "
-            f"| {' / '.join(str(f['training_time_s']) for f in model['folds'].values())} | {model['concurrent_runs']} "
-            + " | ".join(f"{s[r]['dice_mean']:.3f} ± {s[r]['dice_std']:.3f}" for r in REGIONS) + " | "
-            + " | ".join(f"{s[r]['hd95_mean']:.1f}" for r in REGIONS)
-            + f" | {model['seconds_median'] if model['seconds_median'] is not None else '—'} |")
+            f"| {' / '.join(str(f['training_time_s']) for f in model['folds'].values())} "
+            f"| {model['concurrent_runs']} | "
+            + " | ".join(f"{s[r]['dice_mean']:.3f} ± {s[r]['dice_std']:.3f}" for r in ORDER) + " | "
+            + " | ".join(f"{s[r]['hd95_mean']:.1f}" for r in ORDER)
+            + f" | {model['seconds_median']:.1f} |")
     lines += ["", "Per fold (mean Dice WT / TC / ET):", "",
               "| fold | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
     for fold in results["folds"]:
         lines.append(f"| {fold} | " + " | ".join(
-            " / ".join(f"{m['per_fold'][fold][r]:.3f}" for r in REGIONS) for m in models.values()) + " |")
+            " / ".join(f"{m['per_fold'][fold][r]:.3f}" for r in ORDER) for m in models.values()) + " |")
     lines += ["", "Paired over the same cases (IUNet-16 minus SegResNet, mean ± standard error; cases where the IUNet "
               "is better):", "", "| region | difference | IUNet better |", "|---|---:|---:|"]
-    for region, d in results["paired"].items():
+    for region, d in ((r, results["paired"][r]) for r in ORDER):
         lines.append(f"| {region} | {d['mean']:+.3f} ± {d['sem']:.3f} | {d['better']} of {d['n']} |")
     lines += ["", "Per case (Dice WT / TC / ET):", "", "| case | fold | " + " | ".join(models) + " |",
               "|---|---|" + "---|" * len(models)]
     for case in sorted(results["fold_of"]):
         lines.append(f"| {case} | {results['fold_of'][case]} | " + " | ".join(
-            " / ".join(f"{m['cases'][case][r]['dice']:.3f}" for r in REGIONS) for m in models.values()) + " |")
+            " / ".join(f"{m['cases'][case][r]['dice']:.3f}" for r in ORDER) for m in models.values()) + " |")
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -55,15 +55,16 @@ def case_dirs() -> dict[str, Path]:
 
 
 def preprocessing(**overrides):
-    """The bundle's inference pre-processing (inference.json), without the QC step itself."""
+    """The bundle's inference pre-processing (inference.json), without its QC steps (what they see)."""
     from monai.transforms import Compose
 
+    from monai_iunet.apps.brats.modality import ModalityCheckd
     from monai_iunet.apps.brats.qc import ScanQCd
 
     parser = bundle_parser(str(BUNDLE / "configs" / "inference.json"))
     parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')", "scan_qc": False, **overrides})
     compose = parser.get_parsed_content("preprocessing")
-    return Compose([t for t in compose.transforms if not isinstance(t, ScanQCd)])
+    return Compose([t for t in compose.transforms if not isinstance(t, (ScanQCd, ModalityCheckd))])
 
 
 def levels_of(item: dict, transform) -> torch.Tensor:

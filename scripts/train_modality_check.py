@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.transforms import Compose, NormalizeIntensityd
 
 from monai_iunet.apps.brats.labels import MODALITIES
 from monai_iunet.apps.brats.modality import (
@@ -33,7 +32,7 @@ from monai_iunet.apps.brats.modality import (
     modality_features,
     save_modality_check,
 )
-from monai_iunet.bundle import bundle_parser
+from scripts.train_flow_qc import preprocessing
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
@@ -44,11 +43,7 @@ ISSUE_ORDER = ("flair", "t2", "t1", "t1ce")  # what sits in the t1, t1ce, t2, fl
 
 def preprocessed_channels(data: Path) -> dict[str, list[np.ndarray]]:
     """Each case's four channels as the bundle's pre-processing leaves them before its QC."""
-    parser = bundle_parser(str(BUNDLE / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')", "scan_qc": False})
-    transforms = parser.get_parsed_content("preprocessing").transforms
-    end = next(i for i, t in enumerate(transforms) if isinstance(t, NormalizeIntensityd)) + 1
-    preprocess = Compose(transforms[:end])
+    preprocess = preprocessing()
     split = json.loads((ROOT / "configs" / "splits" / "brats_real_folds.json").read_text())["folds"]
     channels = {}
     for case in sorted(c for fold in split for c in fold):

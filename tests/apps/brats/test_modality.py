@@ -18,7 +18,7 @@ from monai_iunet.apps.brats.modality import (
     load_modality_check,
     modality_features,
 )
-from monai_iunet.bundle import bundle_parser
+from scripts.train_flow_qc import preprocessing
 
 ROOT = Path(__file__).resolve().parents[3]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
@@ -31,15 +31,8 @@ def real_channels() -> list[np.ndarray]:
     """A real case through the bundle's own pre-processing up to its QC (2 mm, RAS, brain box, normalised)."""
     if not CASE.is_dir():
         pytest.skip("../shared/data not present")
-    parser = bundle_parser(str(BUNDLE / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')", "scan_qc": False,
-                   "skull_strip": "false"})
-    transforms = parser.get_parsed_content("preprocessing").transforms
-    data = {"image": [str(CASE / f"{CASE.name}_{m}.nii.gz") for m in MODALITIES], "case": CASE.name}
-    for transform in transforms:
-        if type(transform).__name__ in ("ScanQCd", "ModalityCheckd"):
-            break
-        data = transform(data)
+    data = preprocessing(skull_strip="false")(
+        {"image": [str(CASE / f"{CASE.name}_{m}.nii.gz") for m in MODALITIES], "case": CASE.name})
     return [np.asarray(c) for c in data["image"]]
 
 

@@ -5,6 +5,7 @@ from .base import InvertibleIdentity, InvertibleModule, InvertibleSequential
 from .conv import SameConv, same_conv
 from .coupling import AdditiveCoupling, AffineCoupling
 from .orthogonal import ORTHOGONAL_METHODS, OrthogonalMatrix, haar_matrix, orthogonal_map, random_orthogonal
+from .precision import REDUCED_PRECISION, MixedPrecisionSequential
 from .resampling import InvertibleChannelMixing, OrthogonalDownsampling, OrthogonalUpsampling
 
 __all__ = [
@@ -14,6 +15,8 @@ __all__ = [
     "InvertibleSequential",
     "AdditiveCoupling",
     "AffineCoupling",
+    "MixedPrecisionSequential",
+    "REDUCED_PRECISION",
     "SameConv",
     "same_conv",
     "ORTHOGONAL_METHODS",

@@ -24,6 +24,8 @@ from .base import is_channels_last, memory_format_of
 __all__ = ["SameConv", "falls_back", "same_conv", "splits_batch"]
 
 _FALLBACK_MAX_ELEMENTS = 20480  # ATen's threshold on N·C·D·H (N·C·H·W in 2D) below which it picks the fallback
+# a property of the build, read once: torch.compile cannot trace the call (a graph break in every sub-network)
+_ONEDNN_BUILT = torch.backends.mkldnn.is_available()
 
 
 def splits_batch(x: Tensor, weight: Tensor) -> bool:
@@ -32,7 +34,7 @@ def splits_batch(x: Tensor, weight: Tensor) -> bool:
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
+        and _ONEDNN_BUILT
         and torch.backends.mkldnn.enabled
         and not torch.is_autocast_enabled("cpu")  # autocast runs it in bf16/fp16, which PyTorch sends to oneDNN
         and not torch.jit.is_tracing()  # a trace or an export records one graph for all sizes

@@ -26,10 +26,18 @@ class _Coupling(InvertibleModule):
     # The half a sub-network reads is given in the input's layout (its convolutions run in it); the other half only
     # enters an elementwise operation, which follows the sub-network output's layout.
     def _forward_halves(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return x[:, : self.split], like_layout(x[:, self.split :], x)
+        x1, x2 = self._halves(x)
+        return x1, like_layout(x2, x)
 
     def _inverse_halves(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        return like_layout(y[:, : self.split], y), y[:, self.split :]
+        y1, y2 = self._halves(y)
+        return like_layout(y1, y), y2
+
+    def _halves(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        # one split, not two slices: autograd then joins the halves' gradients in one copy instead of zero-filling a
+        # full-size gradient for each slice and adding them
+        x1, x2 = torch.split(x, [self.split, x.shape[1] - self.split], dim=1)
+        return x1, x2
 
 
 class AdditiveCoupling(_Coupling):

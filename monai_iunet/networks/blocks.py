@@ -8,8 +8,9 @@ from torch import nn
 from ..layers.base import InvertibleModule
 from ..layers.conv import SameConv
 from ..layers.coupling import AdditiveCoupling, AffineCoupling
+from ..layers.precision import MixedPrecisionSequential
 
-__all__ = ["COUPLINGS", "coupling_subnet", "coupling_block"]
+__all__ = ["COUPLINGS", "coupling_subnet", "coupling_block", "compile_subnets"]
 
 COUPLINGS = {"additive": AdditiveCoupling, "affine": AffineCoupling}
 
@@ -24,7 +25,8 @@ def coupling_subnet(
     act: tuple | str = ("leakyrelu", {"negative_slope": 0.01}),
     zero_init: bool = True,
     adn_ordering: str = "NA",
-) -> nn.Sequential:
+    compute_dtype: str | None = None,
+) -> MixedPrecisionSequential:
     """``num_convs`` × (conv → norm → act): the sub-network ``f`` or ``g`` of a coupling.
 
     ``adn_ordering`` is the order of norm (``N``) and activation (``A``) after each conv, as in MONAI's ``ADN``:
@@ -34,6 +36,9 @@ def coupling_subnet(
     With ``zero_init`` the last layer with a weight (the final norm's affine weight, or the final conv when the
     norm has no affine part) and its bias start at zero, so the sub-network outputs 0 and the coupling is the
     identity at initialisation (paper §4: zero-initialised layer normalisation).
+
+    ``compute_dtype`` (``"bfloat16"``, ``"float16"`` or None) runs the sub-network under autocast to that dtype, its
+    norms in fp32 (:class:`~monai_iunet.layers.MixedPrecisionSequential`; the state dict is that of ``nn.Sequential``).
     """
     if num_convs < 1:
         raise ValueError(f"num_convs must be at least 1, got {num_convs}.")
@@ -51,7 +56,7 @@ def coupling_subnet(
             elif i < num_convs - 1 or adn_ordering == "AN":
                 layers.append(get_act_layer(act))
         channels = out_channels
-    subnet = nn.Sequential(*layers)
+    subnet = MixedPrecisionSequential(*layers, compute_dtype=compute_dtype)
     if zero_init:
         last = [m for m in subnet if getattr(m, "weight", None) is not None][-1]
         nn.init.zeros_(last.weight)
@@ -71,3 +76,22 @@ def coupling_block(spatial_dims: int, channels: int, coupling: str = "additive",
     f = coupling_subnet(spatial_dims, c2, factor * c1, **subnet_kwargs)
     g = coupling_subnet(spatial_dims, c1, factor * c2, **subnet_kwargs)
     return COUPLINGS[coupling](channels, f, g)
+
+
+def compile_subnets(network: nn.Module, **compile_kwargs) -> nn.Module:
+    """Compile every coupling sub-network of ``network`` in place with ``torch.compile`` (regional compilation) and
+    return ``network``. The invertible program still runs eagerly, so the memory-efficient engine keeps its memory
+    saving: a sub-network is compiled forward and backward wherever it runs, in the forward pass and when backward
+    recomputes it. ``compile_kwargs`` go to ``torch.compile``. Measure before adopting it: on the CPUs measured so far
+    it costs about a minute of compilation and saves nothing per step (``docs/benchmarks/training_cpu.md``)."""
+    import torch._dynamo  # here, not at import: importing dynamo keeps tensors alive in eager runs (engine.run)
+
+    subnets = [m for m in network.modules() if isinstance(m, MixedPrecisionSequential)]
+    # every sub-network shares one forward function, and each of its shapes is a graph: dynamo's default limit of 8
+    # graphs per function would send the rest back to eager
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, len(subnets))
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4 * len(subnets))
+    for module in subnets:
+        module.compile(**compile_kwargs)
+    return network

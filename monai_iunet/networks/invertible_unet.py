@@ -25,6 +25,7 @@ from ..layers.base import (
     leave_layout,
     weights_channels_last,
 )
+from ..layers.precision import REDUCED_PRECISION
 from ..layers.resampling import InvertibleChannelMixing, OrthogonalDownsampling, OrthogonalUpsampling, as_strides
 from .blocks import coupling_block
 
@@ -189,6 +190,10 @@ class InvertibleUNet(InvertibleModule):
         mixing_method: orthogonal parametrisation of the channel mixing.
         mixing_init: ``"identity"`` or ``"random"`` (each decoder mixing starts as the inverse of its encoder twin).
         memory_efficient: during training keep no activations and reconstruct them by inversion in backward.
+        subnet_dtype: ``"bfloat16"`` or ``"float16"`` runs the coupling sub-networks under autocast to that dtype
+            (norms in fp32) while the invertible state stays fp32, on any device (on CPU, where MONAI's trainers
+            have no autocast, this is how a model trains in bf16); None (default): the caller's autocast, if any.
+            Faster only where the hardware computes that dtype natively (``docs/benchmarks/training_cpu.md``).
         memory_format: ``"channels_last"`` (default; 2D/3D) keeps the state and the convolution weights with channels
             stored last, where oneDNN (CPU) and cuDNN run the sub-networks' small-channel convolutions fastest
             (measured: ``docs/benchmarks/cpu.md``); ``"contiguous"`` keeps PyTorch's default channels-first layout.
@@ -220,12 +225,15 @@ class InvertibleUNet(InvertibleModule):
         mixing_method: str = "exp",
         mixing_init: str = "identity",
         memory_efficient: bool = True,
+        subnet_dtype: str | None = None,
         memory_format: str = "channels_last",
         actnorm: bool = False,
     ) -> None:
         super().__init__()
         if memory_format not in MEMORY_FORMATS:
             raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}, got {memory_format!r}.")
+        if subnet_dtype is not None and subnet_dtype not in REDUCED_PRECISION:
+            raise ValueError(f"subnet_dtype must be one of {tuple(REDUCED_PRECISION)} or None, got {subnet_dtype!r}.")
         plan = unet_plan(spatial_dims, channels, num_levels, blocks_per_level, strides, split_fraction)
         self.spatial_dims = spatial_dims
         self.memory_efficient = memory_efficient
@@ -235,7 +243,7 @@ class InvertibleUNet(InvertibleModule):
         self.total_stride = plan.total_stride
         subnet = dict(
             num_convs=subnet_convs, kernel_size=kernel_size, norm=norm, act=act, adn_ordering=adn_ordering,
-            zero_init=zero_init,
+            zero_init=zero_init, compute_dtype=subnet_dtype,
         )
         stage = functools.partial(_make_stage, spatial_dims, coupling=coupling, subnet=subnet, actnorm=actnorm)
         mixing = functools.partial(_make_mixing, spatial_dims, enabled=channel_mixing, method=mixing_method)

@@ -44,7 +44,7 @@ class IUNet(nn.Module):
             layout for the small-channel 3D convolutions, see :class:`InvertibleUNet`); inputs and outputs stay in
             PyTorch's ordinary channels-first layout. ``"contiguous"``: channels-first throughout.
         core_kwargs: further :class:`InvertibleUNet` arguments (``split_fraction``, ``coupling``, ``norm``, ``act``,
-            ``resampling_method``, ``resampling_init``, ``channel_mixing``, ``zero_init``, …).
+            ``resampling_method``, ``resampling_init``, ``channel_mixing``, ``zero_init``, ``subnet_dtype``, …).
 
     Example::
 

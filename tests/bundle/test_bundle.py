@@ -46,6 +46,27 @@ def test_resume_continues_from_last_checkpoint(trained, dataset, tmp_path):
     assert last["lr_scheduler"]["training_time"] > 0  # the LR schedule's clock carried over
 
 
+def test_disk_cache_is_filled_once_and_gives_the_same_training(trained, dataset, tmp_path):
+    """``cache_dir``: the first run writes each case once (train and validation), a second run reads them back and
+    writes nothing; both train exactly as the run without a disk cache (same seed, same crops, same weights)."""
+    cache = tmp_path / "cache"
+    weights = []
+    for run in ("first", "again"):
+        out = tmp_path / run
+        check(run_bundle(["configs/train.json"], dataset_dir=dataset, bundle_root=out, cache_dir=cache, **TRAIN_TINY))
+        files = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.pt")}
+        if run == "first":
+            written = files
+        weights.append(torch.load(out / "models" / "resume" / "last.pt", weights_only=True)["model"])
+    datalist = json.loads((dataset / "datalist.json").read_text())
+    assert len(written) == len(datalist["training"]) + len(datalist["validation"])
+    assert files == written  # read back, not rewritten
+    reference = torch.load(trained / "models" / "resume" / "last.pt", weights_only=True)["model"]
+    for state in weights:
+        for key, value in reference.items():
+            torch.testing.assert_close(state[key], value, msg=key)
+
+
 def test_resume_without_checkpoint_is_a_clear_error(dataset, tmp_path):
     result = run_bundle(["configs/train.json"], dataset_dir=dataset, bundle_root=tmp_path, resume=True, **TRAIN_TINY)
     assert result.returncode != 0 and "no checkpoint" in result.stderr + result.stdout

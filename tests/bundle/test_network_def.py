@@ -82,3 +82,18 @@ def test_defaults_are_filled_so_that_a_drift_shows():
     assert with_defaults(spelled) == with_defaults({"spatial_dims": 3, "in_channels": 1, "out_channels": 1})
     assert with_defaults({**spelled, "zero_init": False}) != with_defaults(spelled)
     assert with_defaults({**spelled, "channels": 8}) != with_defaults(spelled)
+
+
+@pytest.mark.parametrize(("device", "override", "expected"),
+                         [("cpu", None, False), ("cuda", None, True), ("cpu", True, True)])
+def test_train_json_trains_plain_on_cpu_and_memory_efficient_on_gpus(device, override, expected):
+    """The recipe's ``memory_efficient``: plain autograd on CPU (faster at the 64³ crop), the memory-efficient engine
+    on GPUs (what the planner sizes crops for) or when asked; applied to the network the trainer trains."""
+    parser = bundle_parser(bundle_path("brats_iunet_segmentation") / "configs" / "train.json")
+    parser["device"] = f"$torch.device('{device}')"
+    if override is not None:
+        parser["memory_efficient"] = override
+    parser["initialize"] = [i for i in parser["initialize"] if "memory_efficient" in i]  # no folders, no seeding
+    parser.get_parsed_content("initialize")
+    network = parser.get_parsed_content("network_def")
+    assert network.memory_efficient is expected and network.core.memory_efficient is expected

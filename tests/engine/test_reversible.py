@@ -230,31 +230,56 @@ def test_batchnorm_statistics_updated_once():
         torch.testing.assert_close(a, b, msg=name)
 
 
-def test_cpu_bf16_autocast():
+def _bf16_gradients(net, x, memory_efficient, autocast):
+    net.memory_efficient = memory_efficient
+    net.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = net(x)
+    y.float().square().mean().backward()
+    return torch.cat([p.grad.flatten() for p in net.parameters()])
+
+
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "native"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cpu_bf16_autocast(seed, onednn):
     """bf16 rounding makes any two runs differ a little: the reconstructed path must be as close to the fp32 truth as
-    plain autograd under the same autocast, and the fp32 invertible state must invert accurately."""
+    plain autograd under the same autocast, and the fp32 invertible state must invert accurately. Seeded, with
+    PyTorch's oneDNN kernels on and off (bf16 convolutions go to oneDNN only on CPUs with AVX512 or AMX)."""
+    torch.manual_seed(seed)
     net = _net()
     x = _input(net)
-
-    def flat_gradients(memory_efficient, autocast):
-        net.memory_efficient = memory_efficient
-        net.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            y = net(x)
-        y.float().square().mean().backward()
-        return torch.cat([p.grad.flatten() for p in net.parameters()])
-
-    truth = flat_gradients(False, False)
-    plain, efficient = flat_gradients(False, True), flat_gradients(True, True)
-    assert relative_error(efficient, truth) <= 2 * relative_error(plain, truth) + 1e-6
-    assert relative_error(efficient, plain) <= 1e-2
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        h = net.lift(x)
-        state = net.core(h)
-        reconstructed = net.core.inverse(state)
+    with torch.backends.mkldnn.flags(enabled=onednn):
+        truth = _bf16_gradients(net, x, False, False)
+        plain, efficient = _bf16_gradients(net, x, False, True), _bf16_gradients(net, x, True, True)
+        assert torch.isfinite(plain).all() and torch.isfinite(efficient).all()
+        assert relative_error(efficient, truth) <= 2 * relative_error(plain, truth) + 1e-6
+        assert relative_error(efficient, plain) <= 1e-2
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            h = net.lift(x)
+            state = net.core(h)
+            reconstructed = net.core.inverse(state)
     assert state.dtype == torch.float32
     # bf16 sub-networks see inputs that differ from the forward's by fp32 rounding: small, bounded drift.
     assert relative_error(reconstructed, h.float()) <= 5e-3
+
+
+def test_bf16_sub_networks():
+    """``subnet_dtype``: the sub-networks in bf16 without any autocast of the caller's, the state in fp32; the
+    memory-efficient gradients as close to fp32 as plain autograd's."""
+    torch.manual_seed(0)
+    net = _net()
+    x = _input(net)
+    truth = _bf16_gradients(net, x, False, False)
+    mixed = _net(subnet_dtype="bfloat16")
+    mixed.load_state_dict(net.state_dict())
+    plain, efficient = _bf16_gradients(mixed, x, False, False), _bf16_gradients(mixed, x, True, False)
+    assert relative_error(efficient, truth) <= 2 * relative_error(plain, truth) + 1e-6
+    assert 1e-4 < relative_error(plain, truth) < 2e-2  # bf16 did compute (fp32 alone differs by ~1e-7)
+    assert relative_error(efficient, plain) <= 1e-2
+    with torch.no_grad():
+        state = mixed.core(mixed.lift(x))
+        assert state.dtype == torch.float32
+        assert relative_error(mixed.core.inverse(state), mixed.lift(x)) <= 5e-3
 
 
 def test_forwards_without_backward_leave_nothing_behind():
@@ -293,3 +318,31 @@ def test_compiled_training_keeps_the_memory_saving():
     net.memory_efficient = False
     plain_bytes = _saved_bytes(net, x)
     assert compiled_bytes <= 1.05 * eager_bytes < 0.5 * plain_bytes, (compiled_bytes, eager_bytes, plain_bytes)
+
+
+def test_compiled_sub_networks_keep_gradients_and_memory_saving():
+    """Regional compilation (:func:`compile_subnets`): every sub-network becomes one graph, forward and backward (no
+    graph break, the batch-split convolution included), the engine still runs eagerly around them: same gradients
+    and saved bytes as eager, memory-efficient and plain."""
+    from torch._dynamo.utils import counters
+
+    from monai_iunet.networks import compile_subnets
+
+    net = _net(channels=8, blocks_per_level=2)
+    x = _input(net)
+
+    def run(memory_efficient):
+        net.memory_efficient = memory_efficient
+        net.zero_grad(set_to_none=True)
+        return _saved_bytes(net, x), [p.grad.clone() for p in net.parameters()]
+
+    (eager_bytes, eager), (_, eager_plain) = run(True), run(False)
+    torch._dynamo.reset()
+    counters.clear()
+    compile_subnets(net, backend="aot_eager")
+    (compiled_bytes, compiled), (_, compiled_plain) = run(True), run(False)
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] >= 1
+    assert compiled_bytes <= 1.05 * eager_bytes, (compiled_bytes, eager_bytes)
+    for e, c in zip(eager + eager_plain, compiled + compiled_plain):
+        torch.testing.assert_close(c, e)

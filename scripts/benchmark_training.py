@@ -193,7 +193,7 @@ def fold_datalist(fold: int, output: Path) -> str:
 def report(results: dict, output: Path) -> None:
     rounds = results["rounds"]
     names = list(dict.fromkeys(r["case"] for rnd in rounds for r in rnd))
-    base = [r for rnd in rounds for r in rnd if r["case"] == "before"]
+    base = [r for rnd in rounds for r in rnd if r["lever"] == "before"]
     lines = [
         f"# Training throughput on CPU ({results['cpu']}, torch {results['torch']})", "",
         f"Reproduce: `{results['command']}`. Each case is the BraTS "
@@ -202,29 +202,41 @@ def report(results: dict, output: Path) -> None:
         f"{results['warmup']} of warm-up; a round runs every case once, the rounds repeat the set. *steps/h*: "
         "3600 / median iteration (two processes at once: the sum of both); *IQR*: the iterations' interquartile range; "
         "*loader*: median time per iteration spent waiting for the batch; *build*: building the trainer, i.e. "
-        "loading and caching the fold's cases at 1 mm → 2 mm; *vs before*: steps/h over the one-thread *before* of "
-        "the same round.", "",
+        "loading and caching the fold's cases at 1 mm → 2 mm; *warm-up s*: the warm-up iterations (compilation "
+        "included); *vs before*: steps/h over *before* on as many cores (one thread; two: two one-thread "
+        "processes) in the same round; *loss Δ*: the largest difference of its training losses from that *before*'s, "
+        "step by step (same seed, same crops: equal training shows as rounding).", "",
         "| round | case | what changes | threads × processes | iteration s (IQR) | loader s | steps/h | vs before "
-        "| build s |",
-        "|---:|---|---|---|---|---:|---:|---:|---:|",
+        "| build s | warm-up s | loss Δ |",
+        "|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for i, rnd in enumerate(rounds):
-        ref = next((r for r in rnd if r["case"] == "before"), None)
         for r in rnd:
+            # compared with "before" on the same cores (two one-thread processes against two, …)
+            cores = r["threads"] * r["processes"]
+            ref = next((b for b in rnd if b["lever"] == "before" and b["threads"] * b["processes"] == cores), None)
             it = r["iteration_s"]
             ratio = f"{r['steps_per_hour'] / ref['steps_per_hour']:.2f}×" if ref else ""
+            warmup = statistics.median(run["first_iterations_s"] for run in r["runs"])
+            delta = ""
+            if ref:
+                a, b = r["runs"][0]["losses"], ref["runs"][0]["losses"]
+                delta = f"{max(abs(x - y) for x, y in zip(a, b)):.1e}"
             lines.append(
                 f"| {i + 1} | {r['case']} | {LEVERS[r['lever']][0]} | {r['threads']} × {r['processes']} | "
                 f"{it['median']:.2f} ({it['q1']:.2f}–{it['q3']:.2f}) | {r['loader_s']:.3f} | "
-                f"{r['steps_per_hour']:,.0f} | {ratio} | {r['build_s']:.0f} |"
+                f"{r['steps_per_hour']:,.0f} | {ratio} | {r['build_s']:.0f} | {warmup:.0f} | {delta} |"
             )
     if base:
         lines += ["", "Median over rounds (steps/h):", ""]
-        lines += ["| case | steps/h | vs before |", "|---|---:|---:|"]
-        ref = statistics.median(r["steps_per_hour"] for r in base)
+        lines += ["| case | cores | steps/h | vs before on as many cores |", "|---|---:|---:|---:|"]
         for name in names:
-            value = statistics.median(r["steps_per_hour"] for rnd in rounds for r in rnd if r["case"] == name)
-            lines.append(f"| {name} | {value:,.0f} | {value / ref:.2f}× |")
+            runs = [r for rnd in rounds for r in rnd if r["case"] == name]
+            cores = runs[0]["threads"] * runs[0]["processes"]
+            ref = [r["steps_per_hour"] for r in base if r["threads"] * r["processes"] == cores]
+            value = statistics.median(r["steps_per_hour"] for r in runs)
+            ratio = f"{value / statistics.median(ref):.2f}×" if ref else ""
+            lines.append(f"| {name} | {cores} | {value:,.0f} | {ratio} |")
     if results.get("per_flop"):
         lines += ["", "## Time per forward FLOP (one training step, one thread)", "",
                   "`scripts.benchmarking.run_case` (fresh processes, MSE loss, Adam; median of the steps after the "

@@ -23,6 +23,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+
 from monai_iunet.apps.brats.labels import MODALITIES
 from monai_iunet.bundle import bundle_parser
 
@@ -87,7 +89,7 @@ def profile_case(case_dir: Path, overrides: dict) -> dict:
     entry = next(iter(report["cases"].values()))
     return {
         "case": case_dir.name, "overrides": overrides, "status": entry["status"], "build_s": build_s,
-        "case_s": case_s, "threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
+        "case_s": case_s, "threads": torch.get_num_threads(),
         "stages": {label: {"seconds": totals[label], "calls": counts[label]} for label in totals},
     }
 
@@ -95,7 +97,7 @@ def profile_case(case_dir: Path, overrides: dict) -> dict:
 def write_markdown(result: dict, path: Path, command: str) -> None:
     total = result["case_s"]
     lines = [
-        f"# Where BraTS inference spends its time (one case, {result['threads'] or 'default'} thread(s))", "",
+        f"# Where BraTS inference spends its time (one case, {result['threads']} thread(s))", "",
         f"Reproduce: `{command}`. Case {result['case']} (status {result['status']}), the bundle's `inference.json` "
         f"with the shipped model{' and ' + json.dumps(result['overrides']) if result['overrides'] else ''}; each "
         "stage timed around its class's `__call__` (the network's `forward`), the sliding window includes the "

@@ -25,7 +25,7 @@ for fold in ${FOLDS:-0 1 2 3 4}; do
     "$py" -c 'import json, sys, time; json.dump({"command": sys.argv[1], "commit": sys.argv[2], "dirty": sys.argv[3] != "", "started": time.time()}, open(sys.argv[4], "w"), indent=1)' \
         "MODEL=$model FOLDS=$fold RESUME=${RESUME:-False} scripts/train_brats_cv.sh $* (configs [$configs])" "$(git -C "$root" rev-parse HEAD)" \
         "$(git -C "$root" status --porcelain --untracked-files=no)" "$dir/provenance$([ "${RESUME:-False}" = True ] && echo _resumed).json"
-    # glibc keeps freed tensors for the next step instead of unmapping and faulting them back in (~8% faster steps,
+    # glibc keeps freed tensors for the next step instead of unmapping and faulting them back in (3-9% faster steps,
     # docs/benchmarks/training_cpu.md)
     (cd "$root/bundles/brats_iunet_segmentation" && OMP_NUM_THREADS=1 MALLOC_MMAP_THRESHOLD_=33554432 \
         MALLOC_TRIM_THRESHOLD_=4294967296 nohup "$py" -m monai.bundle run \

@@ -150,7 +150,7 @@ def main() -> None:
 
     common = dict(dataset_dir=data, ckpt_dir=out / "models", output_dir=out / "eval", meta_file=META)
     train = ["configs/train.json", str(PRESET)]
-    print("2/6 training (CPU, memory-efficient IUNet)", flush=True)
+    print("2/6 training (CPU: the bundle's train.json, plain autograd on CPU)", flush=True)
     run_bundle(BUNDLE, train, epochs=args.epochs, **common)
     print("3/6 evaluating the best checkpoint", flush=True)
     run_bundle(BUNDLE, ["configs/train.json", "configs/evaluate.json", str(PRESET)], **common)

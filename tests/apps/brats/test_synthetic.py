@@ -62,12 +62,14 @@ def test_training_takes_et_label_from_the_datalist_and_keeps_the_2023_enhancing_
     assert parser.get_parsed_content("et_label") == 3
     item = parser.get_parsed_content("train_datalist")[0]
     label = LoadImage(image_only=True)(item["label"])
-    sample = parser.get_parsed_content("train#loaded")[0]  # the case as training caches it (labels as regions)
+    preprocessing = parser.get_parsed_content("train#preprocessing")
+    sample = preprocessing(item)
+    sample = sample[0] if isinstance(sample, list) else sample
     assert sample["label"].shape[0] == 3 and sample["label"][2].sum() > 0  # the ET channel is not empty
     assert (label == 3).sum() > 0
     parser.update({"et_label": 4})
     with pytest.raises(RuntimeError) as failure:  # MONAI's Compose wraps the CaseError
-        parser.get_parsed_content("train#loaded", lazy=False)[0]
+        parser.get_parsed_content("train#preprocessing", lazy=False)(item)
     assert "CaseError" in describe_error(failure.value) and "set et_label 3" in describe_error(failure.value)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import highdicom as hd
 import pydicom
 import pytest
 import torch
@@ -275,3 +276,71 @@ def test_real_series_through_inference_json(trained, name, tmp_path):
     assert nifti.shape == tuple(grid.shape[1:])
     np.testing.assert_allclose(nifti.affine, grid.affine.numpy(), atol=1e-3)
     assert_dicom_valid(tmp_path / "out" / f"{name}_seg.dcm")
+
+
+def _sr_groups(path: Path) -> dict[str, dict]:
+    """A TID 1500 report's measurement groups by tracking identifier: measurements by concept meaning, qualitative
+    evaluations by concept meaning, and the referenced segment number (TID 1411) if any."""
+    report = hd.sr.srread(path)
+    groups = {}
+    content = report.content
+    for group in [*content.get_volumetric_roi_measurement_groups(), *content.get_image_measurement_groups()]:
+        groups[group.tracking_identifier] = {
+            "measurements": {m.name.meaning: (m.value, m.unit.value) for m in group.get_measurements()},
+            "evaluations": {e.name.meaning: e.value.meaning for e in group.get_qualitative_evaluations()},
+            "segment": (tuple(group.referenced_segment.referenced_segment_numbers),
+                        group.referenced_segment.source_series_for_segmentation.value)
+            if getattr(group, "referenced_segment", None) else None,
+        }
+    return groups
+
+
+def test_measurement_report_and_summary_page_go_into_the_study(sphere_study, tmp_path):
+    """The SEG, a TID 1500 report whose volumes are the SEG's voxels times the voxel volume (per segment and for
+    the unions TC and WT), with the RANO lesion and the verdicts, and a summary page; all in the source study, all
+    valid by dciodvfy."""
+    report = bundle_runner(sphere_study, "sphere", tmp_path).run()
+    case = report["cases"]["sphere"]
+    outputs = case["outputs"]
+    assert {outputs[k]["status"] for k in ("dicom_seg", "dicom_sr", "dicom_summary")} == {"written"}
+    seg = hd.seg.segread(outputs["dicom_seg"]["path"])
+    sr, summary = (pydicom.dcmread(outputs[k]["path"]) for k in ("dicom_sr", "dicom_summary"))
+    (t1ce,) = [s for s in index_dicom_files(sphere_study) if s.description == "AX T1 POST GAD"]
+    source = pydicom.dcmread(t1ce.files[0], stop_before_pixels=True)
+    for ds in (seg, sr, summary):
+        assert ds.StudyInstanceUID == source.StudyInstanceUID and ds.PatientID == source.PatientID
+    assert sr.ContentQualification == summary.ContentQualification == "RESEARCH"
+    assert "research use, not for diagnosis" in sr.SeriesDescription
+    for kind in ("dicom_seg", "dicom_sr", "dicom_summary"):
+        assert_dicom_valid(Path(outputs[kind]["path"]))
+    # volumes: the SEG's voxels of each segment times the voxel volume (from the SEG's own frame positions: the
+    # T1ce's slices are 3 mm thick every 5 mm), in mL
+    volume = seg.get_volume(combine_segments=False)
+    voxel_ml = abs(np.linalg.det(volume.affine[:3, :3])) / 1000
+    counts = dict(zip(range(1, volume.array.shape[-1] + 1), volume.array.sum(axis=(0, 1, 2)).tolist()))
+    numbers = {item.SegmentLabel: int(item.SegmentNumber) for item in seg.SegmentSequence}
+    groups = _sr_groups(Path(outputs["dicom_sr"]["path"]))
+    parts = {"ET": ["Enhancing tumor"], "NCR": ["Necrotic tumor core"], "ED": ["Peritumoral edema"]}
+    parts |= {"TC": parts["NCR"] + parts["ET"], "WT": parts["NCR"] + parts["ED"] + parts["ET"]}
+    for region, labels in parts.items():
+        (name,) = [n for n in groups if n == region or n.startswith(f"{region} (")]
+        volume, unit = groups[name]["measurements"]["Volume"]
+        assert unit == "mL"
+        assert float(volume) == pytest.approx(sum(counts[numbers[label]] for label in labels) * voxel_ml, abs=2e-3)
+        assert float(volume) == pytest.approx(case["volumes_ml"][region], abs=1e-3)
+        if len(labels) == 1:  # one segment: the group references it and the source series
+            assert groups[name]["segment"] == ((numbers[labels[0]],), t1ce.uid)
+    assert counts[numbers["Enhancing tumor"]] > 0
+    # RANO: the sphere (radius 14 mm) is one measurable lesion of about 28 x 28 mm on the in-plane grid
+    (lesion,) = case["rano"]["lesions"]
+    assert lesion["longest_mm"] == pytest.approx(28, abs=4) and lesion["measurable"]
+    measured = groups["ET lesion 1"]["measurements"]
+    assert float(measured["Long axis"][0]) == lesion["longest_mm"]
+    assert float(measured["Perpendicular Axis"][0]) == lesion["perpendicular_mm"]
+    assert float(groups["RANO"]["measurements"]["Sum of products of perpendicular diameters of measurable lesions"][0]
+                 ) == pytest.approx(case["rano"]["sum_of_products_mm2"])
+    verdicts = groups["Verdicts"]["evaluations"]
+    assert verdicts["Intended use"] == "Research use, not for diagnosis"
+    assert verdicts["Scan quality check"] in ("Flagged", "Passed") and verdicts["Segmentation uncertainty"] == "Not run"
+    assert verdicts["Human review needed"] == ("Yes" if case["review"]["needed"] else "No")
+    assert summary.Modality == "OT" and summary.PhotometricInterpretation == "RGB" and summary.Rows > 200

@@ -13,7 +13,10 @@ from monai.utils import StrEnum
 
 from .labels import ET_LABEL, label_values, release_of
 
-__all__ = ["CaseKeys", "CaseError", "case_name", "check_brats_labels"]
+__all__ = ["CaseKeys", "CaseError", "RESEARCH_USE", "case_name", "check_brats_labels"]
+
+# what every output says of itself (DICOM series descriptions, the SR, the summary page)
+RESEARCH_USE = "research use, not for diagnosis"
 
 
 class CaseKeys(StrEnum):
@@ -26,6 +29,7 @@ class CaseKeys(StrEnum):
     MODALITY_CHECK = "modality_check"  # which contrast each slot holds (ModalityCheckd)
     UNCERTAINTY = "uncertainty"  # the case's uncertainty (CaseUncertaintyd)
     VOLUMES = "volumes_ml"  # the tumour volumes (TumourVolumesd)
+    RANO = "rano"  # bidimensional measurements of the enhancing tumour (RanoMeasurementsd)
 
 
 class CaseError(ValueError):

@@ -13,12 +13,14 @@ from monai.data import MetaTensor
 from monai.transforms import SaveImage
 from tqdm import tqdm
 
-from .cases import CaseError, CaseKeys, case_name
+from .cases import RESEARCH_USE, CaseError, CaseKeys, case_name
 from .labels import seg_segments
 
 __all__ = ["BatchSegmentation", "case_name", "describe_error"]
 
 logger = logging.getLogger(__name__)
+
+ALGORITHM = "monai-iunet IUNet BraTS"  # the algorithm identification of the DICOM outputs
 
 
 def describe_error(error: BaseException) -> str:
@@ -65,6 +67,11 @@ class BatchSegmentation:
         overview: also write ``<case>_overview.png`` (``overview.write_overview``: the reference modality in three
             planes through the tumour with the region contours, the volumes, the QC and uncertainty verdicts).
         overview_channel: the image channel the overview shows (the reference modality).
+        dicom_sr: with the DICOM SEG, also write ``<case>_sr.dcm``: a measurement report (TID 1500) of the volumes
+            per segment, the RANO measurements and the verdicts (``reporting.write_case_report``).
+        dicom_summary: with the DICOM SEG, also write ``<case>_summary.dcm``: the overview page as a Secondary
+            Capture image in the study, for viewers that show neither SEG nor SR.
+        algorithm_version: the model's version, written into the DICOM objects.
     """
 
     def __init__(
@@ -83,6 +90,9 @@ class BatchSegmentation:
         uncertainty: bool = False,
         overview: bool = False,
         overview_channel: int = 1,
+        dicom_sr: bool = True,
+        dicom_summary: bool = True,
+        algorithm_version: str = "0",
     ) -> None:
         self.cases = list(cases)
         self.network = network
@@ -98,6 +108,9 @@ class BatchSegmentation:
         self.uncertainty = uncertainty
         self.overview = overview
         self.overview_channel = overview_channel
+        self.dicom_sr = dicom_sr
+        self.dicom_summary = dicom_summary
+        self.algorithm_version = algorithm_version
         if uncertainty and not callable(getattr(network, "predict_with_uncertainty", None)):
             raise ValueError(f"uncertainty needs a network with predict_with_uncertainty (a MirrorEnsemble), got "
                              f"{type(network).__name__}; set uncertainty false or wrap the network.")
@@ -172,7 +185,7 @@ class BatchSegmentation:
         outputs = output if isinstance(output, Mapping) else {"pred": output}
         data.update({key: value[0].float().cpu() for key, value in outputs.items()})
         data = self.postprocessing(data)
-        for key in (CaseKeys.UNCERTAINTY, CaseKeys.VOLUMES):
+        for key in (CaseKeys.UNCERTAINTY, CaseKeys.VOLUMES, CaseKeys.RANO):
             if key in data:
                 entry[key.value] = data[key]
         # the three warnings in one place: a case any of them flags needs a human look
@@ -182,12 +195,12 @@ class BatchSegmentation:
         entry["review"] = {"needed": bool(raised), "because": raised}
         label: MetaTensor = data["pred"]
         entry["outputs"]["nifti"] = {"status": "written", "path": self._save(label, name, "seg")}
+        overview = self.output_dir / f"{name}_overview.png"
         if self.overview:
             from .overview import write_overview
 
-            path = self.output_dir / f"{name}_overview.png"
-            write_overview(data["image"], label, path, self.et_label, entry, self.overview_channel)
-            entry["outputs"]["overview"] = {"status": "written", "path": str(path)}
+            write_overview(data["image"], label, overview, self.et_label, entry, self.overview_channel)
+            entry["outputs"]["overview"] = {"status": "written", "path": str(overview)}
         if self.write_brain_mask:
             mask = data.get(CaseKeys.BRAIN_MASK)
             entry["outputs"]["brain_mask"] = (
@@ -205,13 +218,47 @@ class BatchSegmentation:
             from ...dicom.seg import write_dicom_seg
 
             write_dicom_seg(label[0].numpy(), label.affine.numpy(), reference_series, output,
-                            seg_segments(self.et_label), model_name="IUNet BraTS segmentation",
-                            series_description="IUNet tumour segmentation")
+                            seg_segments(self.et_label), software_version=self.algorithm_version,
+                            algorithm_name=ALGORITHM, model_name="IUNet BraTS segmentation",
+                            series_description=f"IUNet tumour segmentation ({RESEARCH_USE})")
             entry["outputs"]["dicom_seg"] = {"status": "written", "path": str(output),
                                              "source_series": reference_series.uid}
         except Exception as error:  # the NIfTI is written; report the SEG's failure on its own
             entry["outputs"]["dicom_seg"] = {"status": "failed", "error": describe_error(error),
                                              "source_series": reference_series.uid}
+            return
+        if self.dicom_sr:
+            from .reporting import write_case_report
+
+            self._write_output(entry, "dicom_sr", lambda path: write_case_report(
+                entry, output, reference_series, path, self.et_label, ALGORITHM, self.algorithm_version),
+                self.output_dir / f"{name}_sr.dcm", reference_series.uid)
+        if self.dicom_summary:
+            def summary(path: Path) -> Path:
+                from ...dicom.sc import write_secondary_capture
+                from .overview import read_rgb, write_overview
+
+                page = overview if self.overview else self.output_dir / f".{name}_summary.png"
+                if not self.overview:
+                    write_overview(data["image"], label, page, self.et_label, entry, self.overview_channel)
+                try:
+                    return write_secondary_capture(read_rgb(page), reference_series, path,
+                                                   f"IUNet tumour summary ({RESEARCH_USE})",
+                                                   software_version=self.algorithm_version)
+                finally:
+                    if not self.overview:
+                        page.unlink(missing_ok=True)
+
+            self._write_output(entry, "dicom_summary", summary, self.output_dir / f"{name}_summary.dcm",
+                               reference_series.uid)
+
+    @staticmethod
+    def _write_output(entry: dict, kind: str, write: Callable[[Path], Path], path: Path, source: str) -> None:
+        """Write one more output of a case; its failure is reported on its own (the others stand)."""
+        try:
+            entry["outputs"][kind] = {"status": "written", "path": str(write(path)), "source_series": source}
+        except Exception as error:
+            entry["outputs"][kind] = {"status": "failed", "error": describe_error(error), "source_series": source}
 
     def _save(self, image: MetaTensor, name: str, postfix: str) -> str:
         """Write ``<name>_<postfix>.nii.gz``; the path is the one the writer reports."""

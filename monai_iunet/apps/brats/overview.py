@@ -11,9 +11,10 @@ import numpy as np
 from monai.data import MetaTensor
 from monai.transforms import Orientation, ResampleToMatch
 
+from .cases import RESEARCH_USE
 from .labels import region_labels
 
-__all__ = ["write_overview", "verdicts", "draw_planes", "ras_volume"]
+__all__ = ["write_overview", "verdicts", "measurements", "draw_planes", "ras_volume", "read_rgb"]
 
 # region, colour (matplotlib names): the colours BraTS figures commonly use
 CONTOURS = (("WT", "yellow"), ("TC", "red"), ("ET", "cyan"))
@@ -38,6 +39,31 @@ def verdicts(entry: dict) -> list[str]:
     elif unc:
         lines.append(f"Uncertainty: {unc.get('why', 'not measured')}")
     return lines
+
+
+def measurements(entry: dict) -> list[str]:
+    """The tumour volumes and the RANO measurements of a report entry, in words (one line each)."""
+    lines = []
+    volumes = entry.get("volumes_ml") or {}
+    if volumes:
+        names = [name for name in ("WT", "TC", "ET", "NCR", "ED") if name in volumes]
+        lines.append("Volumes: " + ", ".join(f"{name} {volumes[name]:.1f} mL" for name in names))
+    rano = entry.get("rano")
+    if rano is not None:
+        lesions = rano["lesions"]
+        largest = (f"; largest {lesions[0]['longest_mm']:.0f} x {lesions[0]['perpendicular_mm']:.0f} mm"
+                   if lesions else "")
+        lines.append(f"RANO: {rano['measurable']} measurable enhancing lesion(s) of {len(lesions)}, sum of products "
+                     f"{rano['sum_of_products_mm2']:.0f} mm2{largest}")
+    return lines
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """A PNG written by :func:`write_overview` as an RGB array (H, W, 3) of uint8."""
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(str(path))
+    return np.round(pixels[..., :3] * 255).astype(np.uint8) if pixels.dtype != np.uint8 else pixels[..., :3]
 
 
 def ras_volume(image) -> tuple[np.ndarray, np.ndarray]:
@@ -112,10 +138,8 @@ def write_overview(image: MetaTensor, label: MetaTensor, path: str | Path, et_la
     figure, axes = plt.subplots(1, 3, figsize=(12, 5.2), facecolor="black")
     draw_planes(axes, background, [(masks[region], colour) for region, colour in CONTOURS], centre, spacing,
                 (low, high))
-    volumes = entry.get("volumes_ml") or {}
-    lines = ["  ".join(f"{name} {volumes[name]:.1f} mL" for name in ("WT", "TC", "ET", "NCR", "ED") if name in volumes)]
-    lines += verdicts(entry)
-    lines.append("contours: whole tumour yellow, tumour core red, enhancing tumour cyan; research use only")
+    lines = measurements(entry) + verdicts(entry)
+    lines.append(f"contours: whole tumour yellow, tumour core red, enhancing tumour cyan; {RESEARCH_USE}")
     figure.text(0.01, 0.02, "\n".join(lines), color="white", fontsize=9, family="monospace", va="bottom")
     figure.subplots_adjust(left=0.01, right=0.99, top=0.93, bottom=0.2, wspace=0.02)
     path = Path(path)

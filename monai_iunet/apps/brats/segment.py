@@ -91,7 +91,7 @@ def segment_study(
 def print_report(report: dict) -> None:
     """Print an ``inference_report.json`` in words: per case its inputs, outputs, brain extraction, scan QC, tumour
     volumes and uncertainty verdict."""
-    from .overview import verdicts
+    from .overview import measurements, verdicts
 
     for name, case in report["cases"].items():
         print(f"case {name}: {case['status']}")
@@ -124,6 +124,13 @@ def print_report(report: dict) -> None:
         if volumes:
             print("  tumour volumes: " + ", ".join(f"{name} {volumes[name]:.1f} mL" for name in VOLUME_ORDER)
                   + "  (WT whole tumour, TC tumour core, ET enhancing, NCR necrotic core, ED edema)")
+        rano = case.get("rano")
+        if rano is not None:
+            print("  " + next(line for line in measurements(case) if line.startswith("RANO")))
+            for k, lesion in enumerate(rano["lesions"], start=1):
+                print(f"    ET lesion {k}: {lesion['longest_mm']} x {lesion['perpendicular_mm']} mm = "
+                      f"{lesion['product_mm2']} mm2 ({'measurable' if lesion['measurable'] else 'not measurable'}), "
+                      f"{lesion['volume_ml']} mL")
         uncertainty = case.get("uncertainty")
         if uncertainty:
             print("  " + next(line for line in verdicts(case) if line.startswith("Uncertainty")).replace(

@@ -11,6 +11,8 @@ from hypothesis import settings
 from monai_iunet.apps.brats.data.datalist import write_datalist
 from monai_iunet.apps.brats.data.synthetic import write_dataset
 
+from .utils import TRAIN_TINY, check, run_bundle
+
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True)
 settings.register_profile("dev", max_examples=25, deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
@@ -65,3 +67,11 @@ def dataset(tmp_path_factory) -> Path:
     datalist = write_datalist(root, root / "datalist.json", val_fraction=0.4)
     assert len(datalist["training"]) == 3 and len(datalist["validation"]) == 2
     return root
+
+
+@pytest.fixture(scope="session")
+def trained(dataset, tmp_path_factory) -> Path:
+    """A bundle output folder with a model trained for one epoch."""
+    out = tmp_path_factory.mktemp("trained")
+    check(run_bundle(["configs/train.json"], dataset_dir=dataset, bundle_root=out, **TRAIN_TINY))
+    return out

@@ -15,7 +15,7 @@ import monai_iunet
 
 PACKAGE = Path(monai_iunet.__file__).resolve().parent
 ROOT = PACKAGE.parent
-LIBRARY = {"layers", "engine", "networks", "handlers", "dicom", "data", "planner", "export", "bundle"}
+LIBRARY = {"layers", "engine", "networks", "handlers", "dicom", "data", "planner", "export", "bundle", "node"}
 # what each part may import from the package (besides itself)
 ALLOWED = {
     "layers": set(),
@@ -23,6 +23,7 @@ ALLOWED = {
     "networks": {"layers", "engine"},
     "handlers": set(),  # handlers reach a network only through its public methods
     "dicom": set(),
+    "node": set(),  # the AI node on Orthanc: an application gives it its processor
     "data": set(),
     "planner": {"layers", "engine", "networks", "bundle"},  # bundle: network_def, parsed as a bundle run does
     "export": {"layers", "engine", "networks", "bundle"},

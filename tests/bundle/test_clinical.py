@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import highdicom as hd
 import nibabel as nib
 import numpy as np
-import highdicom as hd
 import pydicom
 import pytest
 import torch

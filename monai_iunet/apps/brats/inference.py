@@ -166,7 +166,16 @@ class BatchSegmentation:
         return report
 
     def _segment(self, name: str, item: dict, entry: dict) -> None:
+        timings = entry["timings_s"] = {}
+        mark = [time.perf_counter()]
+
+        def lap(step: str) -> None:  # seconds per step: loading and pre-processing, network, post-processing, writing
+            now = time.perf_counter()
+            timings[step] = round(now - mark[0], 2)
+            mark[0] = now
+
         data = self.preprocessing(dict(item))
+        lap("preprocessing")
         sources = data.get(CaseKeys.SOURCES) or {}
         reference_series = sources.get("reference_series")
         entry["reference"] = sources.get("reference")
@@ -184,7 +193,9 @@ class BatchSegmentation:
             output = self.inferer(image, network)
         outputs = output if isinstance(output, Mapping) else {"pred": output}
         data.update({key: value[0].float().cpu() for key, value in outputs.items()})
+        lap("inference")
         data = self.postprocessing(data)
+        lap("postprocessing")
         for key in (CaseKeys.UNCERTAINTY, CaseKeys.VOLUMES, CaseKeys.RANO):
             if key in data:
                 entry[key.value] = data[key]
@@ -208,6 +219,12 @@ class BatchSegmentation:
                 {"status": "skipped", "reason": "no brain extraction ran: "
                  + str((entry.get("brain_extraction") or {}).get("why", "SkullStripd is not in the preprocessing"))}
             )
+        self._write_dicom(name, data, label, entry, reference_series, overview)
+        lap("writing")
+
+    def _write_dicom(self, name: str, data: dict, label: MetaTensor, entry: dict, reference_series,
+                     overview: Path) -> None:
+        """The DICOM outputs of a case on a DICOM reference series: SEG, then the SR and the summary page about it."""
         if not self.dicom_seg or reference_series is None:
             why = "disabled (write_dicom_seg: false)" if not self.dicom_seg else "the reference image is not DICOM"
             entry["outputs"]["dicom_seg"] = {"status": "skipped", "reason": why}

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ from hypothesis import settings
 from monai_iunet.apps.brats.data.datalist import write_datalist
 from monai_iunet.apps.brats.data.synthetic import write_dataset
 
-from .utils import TRAIN_TINY, check, run_bundle
+from .utils import SKIPPED_CHECKS, TRAIN_TINY, check, run_bundle
 
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True)
 settings.register_profile("dev", max_examples=25, deadline=None)
@@ -19,24 +18,10 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-_SKIPPED_CHECKS: list[str] = []
-
-
-def tool_available(tool: str, package: str, check: str) -> bool:
-    """Whether an external tool a check needs is installed. Without it the check cannot run: under CI (``CI`` set)
-    that is a failure, elsewhere the check is listed as skipped at the end of the run (never counted as passed)."""
-    if shutil.which(tool) is not None:
-        return True
-    if os.environ.get("CI"):
-        pytest.fail(f"{tool} is not installed, so {check} cannot run; CI needs it: apt-get install {package}.")
-    _SKIPPED_CHECKS.append(f"{check}: {tool} not installed (apt-get install {package})")
-    return False
-
-
 def pytest_terminal_summary(terminalreporter):
-    if _SKIPPED_CHECKS:
+    if SKIPPED_CHECKS:
         terminalreporter.section("checks that could not run", sep="!")
-        for line in sorted(set(_SKIPPED_CHECKS)):
+        for line in sorted(set(SKIPPED_CHECKS)):
             terminalreporter.write_line(line)
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-from monai_iunet.bundle import bundle_command
+from monai_iunet.bundle import bundle_command, bundle_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
@@ -61,3 +64,98 @@ def check(result) -> str:
 def write_json(path: Path, content) -> Path:
     path.write_text(json.dumps(content, indent=2))
     return path
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (loopback)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.5):
+    """Poll ``condition()`` until it returns something true (returned) or ``timeout`` seconds pass (a failure
+    saying what was awaited)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class OrthancPeer:
+    """A plain Orthanc on loopback ports standing in for the hospital's PACS: it accepts C-STORE from anyone and
+    answers REST calls. ``start``/``stop`` it as a PACS going down and coming back; its database survives."""
+
+    def __init__(self, folder: Path, aet: str = "PACS") -> None:
+        from monai_iunet.node.orthanc import Orthanc
+
+        self.folder, self.aet = folder, aet
+        self.dicom_port, self.http_port = free_port(), free_port()
+        self.client = Orthanc(f"http://127.0.0.1:{self.http_port}", timeout=30)
+        self.process = None
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "orthanc.json").write_text(json.dumps({
+            "Name": aet, "DicomAet": aet, "DicomPort": self.dicom_port, "HttpPort": self.http_port,
+            "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
+            "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "Plugins": []}))
+
+    def start(self) -> OrthancPeer:
+        with open(self.folder / "orthanc.log", "a") as log:
+            self.process = subprocess.Popen(["Orthanc", str(self.folder / "orthanc.json")], stdout=log,
+                                            stderr=subprocess.STDOUT)
+        wait_until(self.client.alive, 30, f"Orthanc {self.aet} to start")
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
+
+    def series_of(self, study_uid: str) -> list[dict]:
+        """The series of a study (by StudyInstanceUID) with their main tags and instance ids."""
+        found = self.client.post("/tools/find", {"Level": "Series", "Query": {"StudyInstanceUID": study_uid},
+                                                 "Expand": True})
+        return found or []
+
+
+def tiny_network_config(tmp_path: Path) -> Path:
+    """A config file layered on inference.json for the tiny network the ``trained`` fixture trains."""
+    parser = bundle_parser(str(BUNDLE / "configs" / "inference.json"))
+    network = dict(parser.get("_meta_#plans#network_def"))
+    network.update({key.rsplit("#", 1)[1]: value for key, value in TINY.items() if key.startswith("_meta_#plans#")})
+    ensemble = {**parser.get("network_def"), "network": network}
+    return write_json(tmp_path / "tiny.json", {"network_def": ensemble, "num_members": 1, "roi_size": [32, 32, 32],
+                                               "overlap": 0.0, "skull_strip": TINY["skull_strip"]})
+
+
+SKIPPED_CHECKS: list[str] = []
+
+
+def tool_available(tool: str, package: str, check: str) -> bool:
+    """Whether an external tool a check needs is installed. Without it the check cannot run: under CI (``CI`` set)
+    that is a failure, elsewhere the check is listed as skipped at the end of the run (never counted as passed)."""
+    if shutil.which(tool) is not None:
+        return True
+    if os.environ.get("CI"):
+        pytest.fail(f"{tool} is not installed, so {check} cannot run; CI needs it: apt-get install {package}.")
+    SKIPPED_CHECKS.append(f"{check}: {tool} not installed (apt-get install {package})")
+    return False
+
+
+def assert_dicom_valid(path: Path) -> None:
+    """``dciodvfy`` (dicom3tools) reports no error for ``path``. Without the validator the check cannot run: an
+    error under CI, elsewhere a skipped check listed at the end of the test run (``tests/conftest.py``)."""
+    if not tool_available("dciodvfy", "dicom3tools", f"validating {Path(path).name}"):
+        return
+    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+    assert errors == [], f"dciodvfy finds errors in {path}: {errors}"

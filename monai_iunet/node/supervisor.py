@@ -27,8 +27,8 @@ START_TIMEOUT_S = 60.0
 class _Child:
     """One supervised process, its output appended to a log file, restarted with a growing delay."""
 
-    def __init__(self, name: str, command: list[str], log: Path, env: dict | None = None) -> None:
-        self.name, self.command, self.log, self.env = name, command, log, env
+    def __init__(self, name: str, command: list[str], log: Path, pids: Path, env: dict | None = None) -> None:
+        self.name, self.command, self.log, self.pids, self.env = name, command, log, pids, env
         self.process: subprocess.Popen | None = None
         self.restarts = 0
         self.next_start = 0.0
@@ -38,6 +38,10 @@ class _Child:
             self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
                                             start_new_session=True)
         logger.info("%s started (pid %d); log %s", self.name, self.process.pid, self.log)
+        # which process is which, for an operator (and the failure tests)
+        pids = json.loads(self.pids.read_text()) if self.pids.is_file() else {}
+        pids[self.name] = self.process.pid
+        self.pids.write_text(json.dumps(pids))
 
     def check(self) -> None:
         """Start it again if it exited (after 1, 2, 4 … 30 s, so that a crash loop does not spin)."""
@@ -83,8 +87,10 @@ def run_node(config: NodeConfig, worker_command: list[str]) -> int:
     env = dict(os.environ)
     if settings["AuthenticationEnabled"]:
         env[WORKER_CREDENTIALS_ENV] = ":".join(credentials)
-    orthanc = _Child("Orthanc", [config.orthanc_executable(), str(orthanc_json)], config.logs / "orthanc.log")
-    workers = [_Child(f"worker {i}", [*worker_command, "--index", str(i)], config.logs / f"worker{i}.log", env)
+    pids = config.work_dir / "pids.json"
+    pids.unlink(missing_ok=True)
+    orthanc = _Child("Orthanc", [config.orthanc_executable(), str(orthanc_json)], config.logs / "orthanc.log", pids)
+    workers = [_Child(f"worker {i}", [*worker_command, "--index", str(i)], config.logs / f"worker{i}.log", pids, env)
                for i in range(config.workers)]
     stopping = []
     previous = {sig: signal.signal(sig, lambda *_: stopping.append(True)) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -24,6 +24,7 @@ from monai_iunet.dicom.series import index_dicom_files, read_series_volume
 from monai_iunet.dicom.synthetic import SeriesSpec, grid_affine, study_ids, write_series
 
 from ..dicom.test_dicom_clinical import REAL, assert_dicom_valid, centroid_ras, needs_data, seg_centroid_ras, sphere
+from ..utils import tiny_network_config
 from .conftest import BUNDLE, TINY, check, run_bundle, write_json
 
 pytestmark = pytest.mark.slow  # runs the bundle and the segment command (make test-fast skips it)
@@ -182,16 +183,6 @@ def test_a_failed_dicom_seg_does_not_hide_the_written_nifti(sphere_study, tmp_pa
     assert outputs["nifti"] == {"status": "written", "path": str(tmp_path / "s_seg.nii.gz")}
     assert (tmp_path / "s_seg.nii.gz").is_file()
     assert outputs["dicom_seg"]["status"] == "failed" and "shared orientation" in outputs["dicom_seg"]["error"]
-
-
-def tiny_network_config(tmp_path: Path) -> Path:
-    """A config file layered on inference.json for the tiny network the ``trained`` fixture trains."""
-    parser = bundle_parser(str(BUNDLE / "configs" / "inference.json"))
-    network = dict(parser.get("_meta_#plans#network_def"))
-    network.update({key.rsplit("#", 1)[1]: value for key, value in TINY.items() if key.startswith("_meta_#plans#")})
-    ensemble = {**parser.get("network_def"), "network": network}
-    return write_json(tmp_path / "tiny.json", {"network_def": ensemble, "num_members": 1, "roi_size": [32, 32, 32],
-                                               "overlap": 0.0, "skull_strip": TINY["skull_strip"]})
 
 
 @pytest.fixture(scope="module")

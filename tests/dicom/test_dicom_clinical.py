@@ -25,7 +25,7 @@ from monai_iunet.dicom.selection import SelectionError, select_series
 from monai_iunet.dicom.series import SeriesError, index_dicom_files, mask_patient_id, read_series_volume
 from monai_iunet.dicom.synthetic import SeriesSpec, grid_affine, study_ids, write_series
 
-from ..conftest import tool_available
+from ..utils import assert_dicom_valid
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
@@ -38,16 +38,6 @@ needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not pr
 needs_dcmtk = pytest.mark.skipif(shutil.which("dcmcjpeg") is None and not os.environ.get("CI"),
                                  reason="dcmtk not installed (apt-get install dcmtk)")
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-def assert_dicom_valid(path: Path) -> None:
-    """``dciodvfy`` (dicom3tools) reports no error for ``path``. Without the validator the check cannot run: an
-    error under CI, elsewhere a skipped check listed at the end of the test run (``tests/conftest.py``)."""
-    if not tool_available("dciodvfy", "dicom3tools", f"validating {Path(path).name}"):
-        return
-    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
-    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
-    assert errors == [], f"dciodvfy finds errors in {path}: {errors}"
 
 
 def sphere(affine: np.ndarray, shape, centre_ras, radius: float) -> np.ndarray:

@@ -159,3 +159,24 @@ def assert_dicom_valid(path: Path) -> None:
     result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
     errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
     assert errors == [], f"dciodvfy finds errors in {path}: {errors}"
+
+
+DATA = ROOT.parent / "shared" / "data"
+REAL_CASE = DATA / "brats" / "Brats18_2013_2_1"
+
+
+def write_real_study(folder: Path, seed: int = 7) -> Path:
+    """A real BraTS case (``REAL_CASE``) written as a PACS export: its four modalities as series on their own
+    clinical grids, a localizer, a diffusion series and an ADC map (``write_pacs_study``). Skips without the data."""
+    import nibabel as nib
+    import numpy as np
+
+    from monai_iunet.apps.brats.data.synthetic import write_pacs_study
+    from monai_iunet.apps.brats.labels import MODALITIES
+
+    if not REAL_CASE.is_dir():
+        pytest.skip("../shared/data not present")
+    files = {m: nib.load(REAL_CASE / f"{REAL_CASE.name}_{m}.nii.gz") for m in MODALITIES}
+    images = {m: np.asarray(f.dataobj, dtype=np.float32) for m, f in files.items()}
+    write_pacs_study(images, files["t1ce"].affine, folder, "BRATS_2013_2", seed=seed)
+    return folder

@@ -167,10 +167,16 @@ class Worker:
         self.reconciled = True
 
     def claim(self):
-        """The oldest job this worker can advance (not finished, not locked by another worker), locked."""
+        """The oldest job this worker can advance (not finished, not locked by another worker, no older job of its
+        study still being processed: a study is segmented once at a time, and a later event for it is then judged
+        against the finished job), locked."""
+        busy = set()
         for job in load_jobs(self.config):
             if job["state"] in TERMINAL or job["state"] == "delivering":
                 continue
+            if job["study"] in busy:
+                continue
+            busy.add(job["study"])
             folder = self.config.jobs / job["id"]
             lock = open(folder / "lock", "w")
             try:

@@ -20,10 +20,8 @@ import pytest
 import torch
 
 from monai_iunet.apps.brats.data.synthetic import make_case, write_pacs_study
-from monai_iunet.apps.brats.labels import MODALITIES
 
-from ..bundle.conftest import BUNDLE, ROOT, check
-from ..dicom.test_dicom_clinical import assert_dicom_valid
+from ..utils import BUNDLE, ROOT, assert_dicom_valid, check, write_real_study
 
 pytestmark = pytest.mark.slow  # each case runs the app in a subprocess
 
@@ -31,8 +29,6 @@ APP = ROOT / "deploy" / "brats_iunet_app"
 DEPLOY_PYTHON = ROOT / ".venv-deploy" / "bin" / "python"  # the SDK's environment (make deploy-env, part of install)
 if not DEPLOY_PYTHON.is_file() and not os.environ.get("CI"):
     pytest.skip("the MONAI Deploy environment is not installed (make deploy-env)", allow_module_level=True)
-DATA = ROOT.parent / "shared" / "data"
-REAL_CASE = DATA / "brats" / "Brats18_2013_2_1"
 SEGMENT = [sys.executable, "-m", "monai_iunet.apps.brats.segment"]
 
 
@@ -60,15 +56,8 @@ def one_member_bundle(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def real_study(tmp_path_factory) -> Path:
-    """A real BraTS case written as a PACS export (its four modalities as series on their own grids, a localizer,
-    a diffusion series and an ADC map), in a folder as the Informatics Gateway hands it."""
-    if not REAL_CASE.is_dir():
-        pytest.skip("../shared/data not present")
-    files = {m: nib.load(REAL_CASE / f"{REAL_CASE.name}_{m}.nii.gz") for m in MODALITIES}
-    images = {m: np.asarray(f.dataobj, dtype=np.float32) for m, f in files.items()}
-    study = tmp_path_factory.mktemp("ig") / "study"
-    write_pacs_study(images, files["t1ce"].affine, study, "BRATS_2013_2", seed=7)
-    return study
+    """A real BraTS case written as a PACS export, in a folder as the Informatics Gateway hands it."""
+    return write_real_study(tmp_path_factory.mktemp("ig") / "study")
 
 
 def test_app_on_a_real_study_writes_the_seg_segment_writes(one_member_bundle, real_study, tmp_path):

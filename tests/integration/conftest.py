@@ -127,7 +127,7 @@ def make_node(tmp_path, tiny_bundle, pacs):
             "allowed_aets": ["SCANNER", "PACS"],
             "destinations": {"pacs": {"aet": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}},
             "work_dir": str(tmp_path / "node"), "device": "cpu", "bundle": str(bundle), "configs": [str(tiny)],
-            "stable_age": 2, "retry_s": 2, **settings})
+            "stable_age": 2, "retry_s": 2, "tta": False, **settings})
         nodes.append(node)
         return node
 

@@ -18,7 +18,7 @@ import pytest
 
 from monai_iunet.node import NodeConfig, NodeConfigError, orthanc_configuration
 
-from ..utils import assert_dicom_valid, wait_until
+from ..utils import assert_dicom_valid, wait_until, write_real_study
 from .conftest import (
     delivered_series,
     needs_orthanc,
@@ -51,6 +51,20 @@ def test_the_issue_s_node_json_is_read_and_orthanc_configured_from_it(tmp_path):
                                                            "orthanc_plugins": str(plugins)}))
     assert {m["AET"]: m["AllowStore"] for m in settings["DicomModalities"].values()} == {"PACS": False,
                                                                                            "SCANNER": True}
+
+
+def test_remote_http_needs_users_and_turns_authentication_on_for_everyone(tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    for name in ("libOrthancPython.so", "libOrthancDicomWeb.so"):
+        (plugins / name).touch()
+    local = orthanc_configuration(NodeConfig.from_dict({**CONFIG, "orthanc_plugins": str(plugins)}), ("w", "pw"))
+    assert local["RemoteAccessAllowed"] is False and local["AuthenticationEnabled"] is False
+    remote = orthanc_configuration(NodeConfig.from_dict({**CONFIG, "orthanc_plugins": str(plugins),
+                                                         "http_remote": True, "http_users": {"pacs": "secret"}}),
+                                   ("w", "pw"))
+    assert remote["RemoteAccessAllowed"] is True and remote["AuthenticationEnabled"] is True
+    assert remote["RegisteredUsers"] == {"pacs": "secret", "w": "pw"}  # the worker's own account beside the users
 
 
 @pytest.mark.parametrize("change, message", [
@@ -136,7 +150,7 @@ def test_a_process_killed_during_segmentation_loses_nothing_and_sends_once(make_
     """SIGKILL of the worker or of the node's Orthanc while a study is being segmented: the supervisor starts it
     again and the study is segmented and delivered exactly once. The study arrives over DICOMweb (STOW-RS)."""
     pacs.start()
-    node = make_node().start()
+    node = make_node(tta=True).start()  # eight passes per window: a segmentation long enough to be killed in
     study = write_study(tmp_path / "B", "PATIENT_B", seed=5)
     uid = study_uid_of(study)
     stow(f"http://127.0.0.1:{node.settings['http_port']}/dicom-web/studies", study_files(study))
@@ -249,3 +263,39 @@ def test_the_plugin_uses_the_standard_library_only():
     assert imported == {"json", "os", "time", "orthanc"}
     assert subprocess.run(["python3", "-c", "import ast,sys; ast.parse(open(sys.argv[1]).read())",
                            str(PLUGIN_SCRIPT)]).returncode == 0
+
+
+@pytest.mark.slow
+@needs_orthanc
+def test_the_shipped_ensemble_on_a_real_brats_study_as_a_pacs_sends_it(make_node, pacs, tmp_path):
+    """The installed bundle (five members, mirroring) on a real BraTS case written as a PACS export: the PACS gets
+    a SEG, an SR whose volumes are the SEG's voxels times the voxel volume, and a summary page, all valid."""
+    import highdicom as hd
+    import numpy as np
+
+    study = write_real_study(tmp_path / "real")
+    uid = study_uid_of(study)
+    pacs.start()
+    node = make_node(bundle=None, configs=[], tta=None).start()  # the installed bundle as it ships
+    assert storescu(node.settings["dicom_port"], study_files(study)).returncode == 0
+    job = wait_delivered(node, pacs, uid, timeout=1500)
+    assert set(job["details"]["inputs"]) == {"t1", "t1ce", "t2", "flair"}
+    files = {}
+    for series in pacs.series_of(uid):
+        if series["MainDicomTags"].get("Manufacturer") == "monai-iunet":
+            (instance,) = series["Instances"]
+            files[series["MainDicomTags"]["Modality"]] = path = tmp_path / f"{instance}.dcm"
+            path.write_bytes(pacs.client.request("GET", f"/instances/{instance}/file"))
+            assert_dicom_valid(path)
+    volume = hd.seg.segread(files["SEG"]).get_volume(combine_segments=False)
+    voxel_ml = abs(np.linalg.det(volume.affine[:3, :3])) / 1000
+    counts = volume.array.sum(axis=(0, 1, 2))  # NCR, ED, ET
+    report = hd.sr.srread(files["SR"]).content
+    measured = {g.tracking_identifier: float(g.get_measurements()[0].value)
+                for g in report.get_volumetric_roi_measurement_groups()}
+    assert measured["ET"] == pytest.approx(counts[2] * voxel_ml, abs=2e-3)
+    assert measured["NCR"] == pytest.approx(counts[0] * voxel_ml, abs=2e-3)
+    assert measured["ED"] == pytest.approx(counts[1] * voxel_ml, abs=2e-3)
+    assert job["details"]["volumes_ml"]["WT"] == pytest.approx(counts.sum() * voxel_ml, abs=2e-3)
+    assert job["details"]["volumes_ml"]["WT"] > 20  # this case's tumour: ~150 mL
+    assert job["details"]["review"] is not None and job["details"]["timings_s"]["inference"] > 0

@@ -5,6 +5,7 @@ uncertainty verdicts in words."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -135,13 +136,16 @@ def write_overview(image: MetaTensor, label: MetaTensor, path: str | Path, et_la
     centre = np.argwhere(masks["WT"]).mean(0) if masks["WT"].any() else np.array(label_ras.shape) / 2
     low, high = np.percentile(background[background != 0], (1, 99.5)) if (background != 0).any() else (0.0, 1.0)
     background = np.where(background == 0, low, background)  # outside the brain is 0 after normalisation: black
-    figure, axes = plt.subplots(1, 3, figsize=(12, 5.2), facecolor="black")
-    draw_planes(axes, background, [(masks[region], colour) for region, colour in CONTOURS], centre, spacing,
-                (low, high))
     lines = measurements(entry) + verdicts(entry)
     lines.append(f"contours: whole tumour yellow, tumour core red, enhancing tumour cyan; {RESEARCH_USE}")
+    lines = [part for line in lines for part in textwrap.wrap(line, 150, subsequent_indent="  ")]  # the page's width
+    text_inches = 0.16 * len(lines) + 0.15  # the text below the planes grows the page, never overlaps them
+    figure, axes = plt.subplots(1, 3, figsize=(12, 4.2 + text_inches), facecolor="black")
+    draw_planes(axes, background, [(masks[region], colour) for region, colour in CONTOURS], centre, spacing,
+                (low, high))
     figure.text(0.01, 0.02, "\n".join(lines), color="white", fontsize=9, family="monospace", va="bottom")
-    figure.subplots_adjust(left=0.01, right=0.99, top=0.93, bottom=0.2, wspace=0.02)
+    figure.subplots_adjust(left=0.01, right=0.99, top=1 - 0.35 / (4.2 + text_inches),
+                           bottom=text_inches / (4.2 + text_inches), wspace=0.02)
     path = Path(path)
     figure.savefig(path, dpi=100, facecolor="black")
     plt.close(figure)

@@ -130,6 +130,16 @@ def test_the_deploy_app_is_the_bundle_version():
     assert str(app["application"]["version"]) == metadata["version"] and app["resources"]["gpu"] == 0
 
 
+@pytest.mark.parametrize("bundle", ["brats_iunet_segmentation", "ct_iunet_postprocessing"])
+def test_each_bundle_requires_this_package_s_version(bundle):
+    """The model zoo's tooling installs from ``required_packages_version``: it must name the version whose config
+    names the bundle uses."""
+    metadata = json.loads((ROOT / "bundles" / bundle / "configs" / "metadata.json").read_text())
+    assert metadata["required_packages_version"]["monai-iunet"] == monai_iunet.__version__
+    toml = (ROOT / "pyproject.toml").read_text()
+    assert f'version = "{monai_iunet.__version__}"' in toml
+
+
 def test_benchmark_harness_is_not_in_the_package():
     assert not (PACKAGE / "benchmarking.py").exists()
     assert (ROOT / "scripts" / "benchmarking.py").is_file()

@@ -22,6 +22,7 @@ from pathlib import Path
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from monai_iunet.apps.brats.cases import CaseError
+from monai_iunet.apps.brats.findings import case_findings
 from monai_iunet.apps.brats.loading import choose_series
 from monai_iunet.apps.brats.segment import segment_study
 from monai_iunet.bundle import bundle_parser
@@ -154,13 +155,9 @@ class BratsSegmentationOperator(Operator):
                     output["path"] = str(published)
 
     def _log_verdicts(self, case: str, entry: dict) -> None:
-        volumes = entry.get("volumes_ml") or {}
-        self.logger.info("case %s: tumour volumes (mL) %s", case, ", ".join(f"{k} {v:.1f}" for k, v in volumes.items()))
-        for signal in ("qc", "uncertainty"):
-            verdict = entry.get(signal) or {}
-            if verdict.get("flagged"):
-                self.logger.warning("case %s: %s flagged (score %s, threshold %s): review before use", case, signal,
-                                    verdict.get("score"), verdict.get("threshold"))
+        """Every finding of the case (``findings.case_findings``); a flagged one as a warning."""
+        for finding in case_findings(entry):
+            (self.logger.warning if finding.flagged else self.logger.info)("case %s: %s", case, finding)
 
 
 def publish_report(report: dict, output: Path) -> Path:

@@ -13,50 +13,13 @@ from monai.data import MetaTensor
 from monai.transforms import Orientation, ResampleToMatch
 
 from .cases import RESEARCH_USE
+from .findings import case_findings
 from .labels import region_labels
 
-__all__ = ["write_overview", "verdicts", "measurements", "draw_planes", "ras_volume", "read_rgb"]
+__all__ = ["write_overview", "draw_planes", "ras_volume", "read_rgb"]
 
 # region, colour (matplotlib names): the colours BraTS figures commonly use
 CONTOURS = (("WT", "yellow"), ("TC", "red"), ("ET", "cyan"))
-
-
-def verdicts(entry: dict) -> list[str]:
-    """One line each for the scan QC, the modality check and the uncertainty of a report entry
-    (``BatchSegmentation``'s), in words."""
-    lines = []
-    qc = entry.get("qc") or {}
-    if qc.get("score") is not None:
-        lines.append(("Scan QC: UNUSUAL input, check the series and their order" if qc.get("flagged") else
-                      "Scan QC: the input looks like the training cases") + f" ({qc['score']:.2f} bits/dim)")
-    modalities = entry.get("modality_check") or {}
-    if "flagged" in modalities:
-        lines.append("Modalities: CHECK THE SERIES, " + "; ".join(modalities["findings"]) if modalities["flagged"]
-                     else "Modalities: each slot holds the contrast it should")
-    unc = entry.get("uncertainty") or {}
-    if unc.get("score") is not None:
-        lines.append(("Uncertainty: HIGH, the segmentation is likely wrong in places, review it" if unc.get("flagged")
-                      else "Uncertainty: low") + f" (score {unc['score']:.3f}, flagged above {unc['threshold']:.3f})")
-    elif unc:
-        lines.append(f"Uncertainty: {unc.get('why', 'not measured')}")
-    return lines
-
-
-def measurements(entry: dict) -> list[str]:
-    """The tumour volumes and the RANO measurements of a report entry, in words (one line each)."""
-    lines = []
-    volumes = entry.get("volumes_ml") or {}
-    if volumes:
-        names = [name for name in ("WT", "TC", "ET", "NCR", "ED") if name in volumes]
-        lines.append("Volumes: " + ", ".join(f"{name} {volumes[name]:.1f} mL" for name in names))
-    rano = entry.get("rano")
-    if rano is not None:
-        lesions = rano["lesions"]
-        largest = (f"; largest {lesions[0]['longest_mm']:.0f} x {lesions[0]['perpendicular_mm']:.0f} mm"
-                   if lesions else "")
-        lines.append(f"RANO: {rano['measurable']} measurable enhancing lesion(s) of {len(lesions)}, sum of products "
-                     f"{rano['sum_of_products_mm2']:.0f} mm2{largest}")
-    return lines
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
@@ -136,7 +99,7 @@ def write_overview(image: MetaTensor, label: MetaTensor, path: str | Path, et_la
     centre = np.argwhere(masks["WT"]).mean(0) if masks["WT"].any() else np.array(label_ras.shape) / 2
     low, high = np.percentile(background[background != 0], (1, 99.5)) if (background != 0).any() else (0.0, 1.0)
     background = np.where(background == 0, low, background)  # outside the brain is 0 after normalisation: black
-    lines = measurements(entry) + verdicts(entry)
+    lines = [str(finding) for finding in case_findings(entry) if finding.name != "review"]
     lines.append(f"contours: whole tumour yellow, tumour core red, enhancing tumour cyan; {RESEARCH_USE}")
     lines = [part for line in lines for part in textwrap.wrap(line, 150, subsequent_indent="  ")]  # the page's width
     text_inches = 0.16 * len(lines) + 0.15  # the text below the planes grows the page, never overlaps them

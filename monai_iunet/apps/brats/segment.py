@@ -27,7 +27,6 @@ from pathlib import Path
 
 __all__ = ["segment_study", "print_report", "main"]
 
-VOLUME_ORDER = ("WT", "TC", "ET", "NCR", "ED")
 
 
 def quiet_library_notices() -> None:
@@ -91,7 +90,7 @@ def segment_study(
 def print_report(report: dict) -> None:
     """Print an ``inference_report.json`` in words: per case its inputs, outputs, brain extraction, scan QC, tumour
     volumes and uncertainty verdict."""
-    from .overview import measurements, verdicts
+    from .findings import case_findings
 
     for name, case in report["cases"].items():
         print(f"case {name}: {case['status']}")
@@ -108,37 +107,13 @@ def print_report(report: dict) -> None:
                     f"{extraction['brain_ml']} mL in {extraction['seconds']} s" if extraction["applied"]
                     else f"not applied ({extraction['why']})")
             print(f"  brain extraction: {done}")
-        qc = case.get("qc")
-        if qc and "score" in qc:
-            verdict = (f"FLAGGED: {qc.get('why', 'unlike the BraTS training cases')}; check modalities, order and "
-                       "pre-processing" if qc["flagged"] else "looks like the training cases")
-            print(f"  scan QC: {qc['score']} {qc['units']} (typical {qc.get('lower_threshold', '-inf')} to "
-                  f"{qc['threshold']}): {verdict}")
-        modalities = case.get("modality_check")
-        if modalities and "flagged" in modalities:
-            verdict = ("FLAGGED: " + "; ".join(modalities["findings"]) if modalities["flagged"]
-                       else "each slot holds the contrast it should")
-            print(f"  modality check: {verdict} (log-likelihood ratio {modalities['log_likelihood_ratio']}, "
-                  f"threshold {modalities['threshold']})")
-        volumes = case.get("volumes_ml")
-        if volumes:
-            print("  tumour volumes: " + ", ".join(f"{name} {volumes[name]:.1f} mL" for name in VOLUME_ORDER)
-                  + "  (WT whole tumour, TC tumour core, ET enhancing, NCR necrotic core, ED edema)")
-        rano = case.get("rano")
-        if rano is not None:
-            print("  " + next(line for line in measurements(case) if line.startswith("RANO")))
-            for k, lesion in enumerate(rano["lesions"], start=1):
-                print(f"    ET lesion {k}: {lesion['longest_mm']} x {lesion['perpendicular_mm']} mm = "
-                      f"{lesion['product_mm2']} mm2 ({'measurable' if lesion['measurable'] else 'not measurable'}), "
-                      f"{lesion['volume_ml']} mL")
-        uncertainty = case.get("uncertainty")
-        if uncertainty:
-            print("  " + next(line for line in verdicts(case) if line.startswith("Uncertainty")).replace(
-                "Uncertainty:", "uncertainty:", 1))
-        review = case.get("review")
-        if review:
-            print("  review: " + ("NEEDED (" + ", ".join(review["because"]) + " flagged the case)" if review["needed"]
-                                  else "no warning raised (scan QC, modality check, uncertainty)"))
+        for finding in case_findings(case):
+            print(f"  {finding}")
+            if finding.name == "RANO":
+                for k, lesion in enumerate(case["rano"]["lesions"], start=1):
+                    print(f"    ET lesion {k}: {lesion['longest_mm']} x {lesion['perpendicular_mm']} mm = "
+                          f"{lesion['product_mm2']} mm2 ({'measurable' if lesion['measurable'] else 'not measurable'})"
+                          f", {lesion['volume_ml']} mL")
         if case.get("error"):
             print(f"  error: {case['error']}")
 

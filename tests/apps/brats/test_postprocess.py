@@ -7,7 +7,8 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from monai_iunet.apps.brats.overview import verdicts, write_overview
+from monai_iunet.apps.brats.findings import case_findings
+from monai_iunet.apps.brats.overview import write_overview
 from monai_iunet.apps.brats.postprocess import (
     CaseUncertaintyd,
     SuppressSmallEnhancingd,
@@ -65,7 +66,7 @@ def test_uncertainty_score_and_flag():
     assert not CaseUncertaintyd("pred", threshold=0.05, passes=8)(data)["uncertainty"]["flagged"]
     single = CaseUncertaintyd("pred", threshold=0.04, passes=1)(data)["uncertainty"]
     assert single["score"] is None and not single["flagged"] and "mirroring" in single["why"]
-    assert "not measured" in verdicts({"uncertainty": single})[0]
+    assert "not measured" in str(case_findings({"uncertainty": single})[0])
     # mirroring off runs the plain forward: no spreads at all, and the reason is still the mirroring
     plain = CaseUncertaintyd("pred", threshold=0.04, passes=1)({"pred": probabilities})["uncertainty"]
     assert plain["score"] is None and "mirroring (tta) is off" in plain["why"]
@@ -80,5 +81,25 @@ def test_overview_png(tmp_path):
              "qc": {"score": 3.0, "flagged": False}}
     path = write_overview(image, label, tmp_path / "case_overview.png", 4, entry)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    lines = verdicts(entry)
-    assert "HIGH" in lines[1] and "looks like the training cases" in lines[0]
+    qc, uncertainty = case_findings(entry)[1:]
+    assert "HIGH" in uncertainty.text and uncertainty.flagged
+    assert "looks like the training cases" in qc.text and not qc.flagged
+
+
+def test_findings_in_words_with_the_flagged_ones_marked():
+    entry = {"volumes_ml": {"WT": 12.0, "TC": 5.0, "ET": 3.0, "NCR": 2.0, "ED": 7.0},
+             "rano": {"lesions": [{"longest_mm": 21.0, "perpendicular_mm": 12.0}], "measurable": 1,
+                      "sum_of_products_mm2": 252.0},
+             "qc": {"score": 5.1, "threshold": 4.35, "lower_threshold": 1.68, "flagged": True, "why": "unusual"},
+             "modality_check": {"flagged": True, "findings": ["the T2 slot looks like FLAIR"],
+                                "log_likelihood_ratio": 3.2, "threshold": 1.0},
+             "uncertainty": {"score": 0.05, "threshold": 0.13, "flagged": False},
+             "review": {"needed": True, "because": ["scan QC", "modality check"]}}
+    findings = {f.name: f for f in case_findings(entry)}
+    assert list(findings) == ["tumour volumes", "RANO", "scan QC", "modality check", "uncertainty", "review"]
+    assert findings["tumour volumes"].text.startswith("WT 12.0 mL, TC 5.0 mL, ET 3.0 mL")
+    assert "1 measurable enhancing lesion(s) of 1, sum of products 252 mm2; largest 21 x 12 mm" in str(findings["RANO"])
+    assert [name for name, f in findings.items() if f.flagged] == ["scan QC", "modality check", "review"]
+    assert "the T2 slot looks like FLAIR" in findings["modality check"].text
+    assert str(findings["review"]) == "review: NEEDED (scan QC, modality check flagged the case)"
+    assert case_findings({}) == []

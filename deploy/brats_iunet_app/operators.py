@@ -28,6 +28,9 @@ from monai_iunet.apps.brats.segment import segment_study
 from monai_iunet.bundle import bundle_parser
 
 REPORT = "inference_report.json"
+# the application takes the series its rules find; it has no option to pin one
+HOW_TO_PIN = ("The application chooses {modality} by the bundle's series_rules: send the study with that series, or "
+              "give -m a bundle folder whose configs/inference.json has series_rules matching your protocol names")
 
 
 def publish(files: list[Path], output: Path) -> list[Path]:
@@ -82,7 +85,7 @@ class BratsSeriesSelectorOperator(Operator):
     def compute(self, op_input, op_output, context) -> None:
         self.logger.info("indexing the DICOM files under %s", self.input_folder)
         try:
-            series, chosen = choose_series(self.case, {"study": self.input_folder}, self.rules)
+            series, chosen = choose_series(self.case, {"study": self.input_folder}, self.rules, HOW_TO_PIN)
         except CaseError as error:
             publish_report(failure_report(self.case, f"CaseError: {error}"), self.output_folder)
             self.logger.error("%s", error)
@@ -136,6 +139,8 @@ class BratsSegmentationOperator(Operator):
                 pins={m: s["series_instance_uid"] for m, s in selection["series"].items()},
                 study_uid=selection["study_uid"])
             entry = report["cases"][case]
+            for modality, source in entry.get("inputs", {}).items():  # why the selector chose it, not "pinned"
+                source["why"] = selection["series"][modality]["why"]
             if entry["status"] == "ok":
                 written = [Path(o["path"]) for o in entry["outputs"].values() if o["status"] == "written"]
                 for file, copy in zip(written, publish(written, self.output_folder)):

@@ -98,6 +98,8 @@ def select_series(
     series: Sequence[DicomSeries],
     rules: Mapping[str, Mapping],
     pinned: Mapping[str, str] | None = None,
+    how_to_pin: str = 'Pin one with "series": {{"{modality}": "<SeriesInstanceUID or SeriesNumber>"}} in the '
+                      "datalist item",
 ) -> dict[str, SeriesChoice]:
     """Choose one series per modality.
 
@@ -106,6 +108,8 @@ def select_series(
         rules: ``{modality: rule}``, one per modality to find, in order (an application's, e.g.
             ``apps.brats.labels.SERIES_RULES``).
         pinned: ``{modality: SeriesInstanceUID or SeriesNumber}`` chosen by the user, bypassing the rules.
+        how_to_pin: what the caller's user can do when a modality has no series or several (``{modality}`` is
+            filled in): the front end's own way of pinning a series, or what to do where there is none.
 
     Raises:
         SelectionError: a pinned modality without a rule, a modality with no matching candidate or with equally
@@ -126,8 +130,7 @@ def select_series(
             raise SelectionError(
                 f"no series for {modality} (rule {dict(rules[modality])}). Series in the study:\n"
                 + describe_candidates(list(series))
-                + f"\nPin one with \"series\": {{\"{modality}\": \"<SeriesInstanceUID or SeriesNumber>\"}} in the "
-                "datalist item, or adjust series_rules."
+                + f"\n{how_to_pin.format(modality=modality)}, or adjust series_rules."
             )
         matching.sort(key=lambda m: _preference(m[0]))
         best, why = matching[0]
@@ -136,8 +139,7 @@ def select_series(
             raise SelectionError(
                 f"{modality} is ambiguous: {len(tied)} series match equally well ({_describe_preference(best)}):\n"
                 + describe_candidates(tied)
-                + f"\nPin one with \"series\": {{\"{modality}\": \"<SeriesInstanceUID or SeriesNumber>\"}} in the "
-                "datalist item."
+                + f"\n{how_to_pin.format(modality=modality)}."
             )
         reason = f"{why}; {_describe_preference(best)}"
         if len(matching) > 1:
@@ -150,5 +152,5 @@ def select_series(
         if used.count(choice.series.uid) > 1:
             others = [m for m, c in chosen.items() if c.series.uid == choice.series.uid]
             raise SelectionError(f"{choice.series.label} was chosen for {', '.join(others)}; each modality needs "
-                                 "its own series. Pin them in the datalist item or adjust series_rules.")
+                                 f"its own series. {how_to_pin.format(modality=others[0])}, or adjust series_rules.")
     return chosen

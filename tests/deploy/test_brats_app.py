@@ -70,7 +70,11 @@ def test_app_on_a_real_study_writes_the_seg_segment_writes(one_member_bundle, re
     entry = report["cases"][case]
     assert report["summary"]["ok"] == [case] and entry["outputs"]["dicom_seg"]["path"] == str(out / f"{case}_seg.dcm")
     assert sorted(p.name for p in out.iterdir()) == sorted(["inference_report.json", f"{case}_seg.dcm",
-                                                            f"{case}_seg.nii.gz"])
+                                                            f"{case}_seg.nii.gz", f"{case}_sr.dcm",
+                                                            f"{case}_summary.dcm"])
+    for modality, source in entry["inputs"].items():  # the selector's reasons, not how the bundle was told
+        assert "pinned" not in source["why"] and "acquisition" in source["why"], (modality, source["why"])
+    assert "modality check:" in log and "scan QC:" in log and "review:" in log  # every finding is logged
     assert entry["volumes_ml"]["WT"] > 10  # the real tumour is found
     assert_dicom_valid(out / f"{case}_seg.dcm")
     # the clinician's command on the same study with the same bundle: the same segmentation
@@ -96,6 +100,7 @@ def test_app_on_a_study_without_flair_writes_only_the_error(tmp_path):
     log = result.stdout + result.stderr
     assert result.returncode == 1, log[-3000:]
     assert "no series for flair" in log and "'AX DWI B0 B1000'" in log  # which series the study had
+    assert "send the study with that series" in log and "datalist" not in log  # what the app's user can do
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["inference_report.json"]
     report = json.loads((tmp_path / "out" / "inference_report.json").read_text())
     assert report["summary"] == {"ok": [], "partial": [], "failed": ["study"]}

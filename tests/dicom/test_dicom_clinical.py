@@ -185,6 +185,11 @@ def test_missing_and_ambiguous_modalities_list_the_candidates(pacs_study, case, 
     without_flair = [s for s in series if s.description != "COR T2 FLAIR"]
     with pytest.raises(SelectionError, match=r"(?s)no series for flair.*'AX T2 FSE'.*'AX DWI B0 B1000'.*2 volumes"):
         select_series(without_flair, SERIES_RULES)
+    # what to do is the front end's own way: the datalist by default, another where the caller has another
+    with pytest.raises(SelectionError, match=r'Pin one with "series": \{"flair": .* in the datalist item'):
+        select_series(without_flair, SERIES_RULES)
+    with pytest.raises(SelectionError, match="send a FLAIR for flair, or adjust series_rules"):
+        select_series(without_flair, SERIES_RULES, how_to_pin="send a FLAIR for {modality}")
     twin = shutil.copytree(folder, tmp_path / "twin")
     spec = SeriesSpec("AX T1 +C", case.images["t1ce"], case.affine, "3D", contrast_agent="Gadobutrol")
     write_series(spec, twin, study_ids("P1"), 20, lambda k: f"x{k}")

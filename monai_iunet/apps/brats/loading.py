@@ -102,11 +102,16 @@ def load_stacked(case: str, key: str, path: str, modalities: Sequence[str], load
                    "modalities": {m: dict(source, channel=i) for i, m in enumerate(modalities)}}
 
 
-def choose_series(case: str, item: Mapping, series_rules: Mapping[str, Mapping]) -> tuple[list, dict]:
+HOW_TO_PIN = ('Pin one with "series": {{"{modality}": "<SeriesInstanceUID or SeriesNumber>"}} in the datalist item '
+              "(monai-iunet-segment: --series {modality}=<SeriesNumber>)")
+
+
+def choose_series(case: str, item: Mapping, series_rules: Mapping[str, Mapping],
+                  how_to_pin: str = HOW_TO_PIN) -> tuple[list, dict]:
     """The series of the one study in ``item["study"]`` (a folder; ``item["study_uid"]`` picks one study of several)
     and the series chosen per modality by ``series_rules`` (``item["series"]`` pins): ``(series, {modality:
     SeriesChoice})``. A ``CaseError`` naming the case and folder when there is no single study or a modality has no
-    series (or more than one equally good)."""
+    series (or more than one equally good), saying what to do (``how_to_pin``: the caller's way)."""
     folder = Path(str(item["study"]))
     try:
         series = index_dicom_files(folder)
@@ -115,7 +120,7 @@ def choose_series(case: str, item: Mapping, series_rules: Mapping[str, Mapping])
         except SeriesError as error:  # a case is one study: say how to choose one
             raise SeriesError(f"{error}\nChoose one with \"study_uid\": \"<StudyInstanceUID>\" in the datalist "
                               "item (monai-iunet-segment: --study UID).") from error
-        return series, select_series(series, series_rules, item.get("series"))
+        return series, select_series(series, series_rules, item.get("series"), how_to_pin)
     except (SeriesError, SelectionError) as error:
         raise CaseError(f"case {case}: study {folder}: {error}") from error
 

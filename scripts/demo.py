@@ -152,8 +152,9 @@ def main() -> None:
     train = ["configs/train.json", str(PRESET)]
     print("2/6 training (CPU: the bundle's train.json, plain autograd on CPU)", flush=True)
     run_bundle(BUNDLE, train, epochs=args.epochs, **common)
-    print("3/6 evaluating the best checkpoint", flush=True)
-    run_bundle(BUNDLE, ["configs/train.json", "configs/evaluate.json", str(PRESET)], **common)
+    print("3/6 evaluating the best checkpoint as users run it (inference.json + evaluate.json)", flush=True)
+    run_bundle(BUNDLE, ["configs/inference.json", "configs/evaluate.json", str(PRESET)], dataset_dir=data,
+               ckpt_path=out / "models" / "model.pt", output_dir=out / "eval", meta_file=META)
     dice = region_dice(out / "eval")
 
     print("4/6 inference on one NIfTI case and one DICOM case", flush=True)
@@ -176,8 +177,8 @@ def main() -> None:
 
     print(f"\nDone in {(time.time() - start) / 60:.1f} min.")
     print("Synthetic validation Dice of the demo model (best checkpoint, phantoms only): " + ", ".join(
-        f"{region} {dice[f'val_{region.lower()}_dice']:.3f}" for region in ("TC", "WT", "ET")
-    ) + f"; mean {dice['val_mean_dice']:.3f}")
+        f"{region} {dice[f'{region.lower()}_dice']:.3f}" for region in ("TC", "WT", "ET")
+    ) + f"; mean {dice['mean_dice']:.3f}")
     for path in sorted((out / "pred_nifti").glob("*_seg.*")) + sorted((out / "pred_dicom").glob("*_seg.*")):
         print(f"  prediction: {path}")
     print(f"  PACS-like study: {out / 'study'} -> {out / 'pred_study'}")

@@ -72,12 +72,23 @@ def test_resume_without_checkpoint_is_a_clear_error(dataset, tmp_path):
     assert result.returncode != 0 and "no checkpoint" in result.stderr + result.stdout
 
 
-def test_evaluate_reports_per_region_dice(trained, dataset):
-    check(run_bundle(["configs/train.json", "configs/evaluate.json"], dataset_dir=dataset, bundle_root=trained,
-                     **TRAIN_TINY))
-    metrics = dict(line.split(",") for line in (trained / "eval" / "metrics.csv").read_text().splitlines())
-    assert set(metrics) == {"val_mean_dice", "val_tc_dice", "val_wt_dice", "val_et_dice"}
-    assert all(0.0 <= float(v) <= 1.0 for v in metrics.values())
+def test_evaluate_scores_what_inference_writes(trained, dataset, tmp_path):
+    """evaluate.json on inference.json: the label maps the inference writes on each case's grid, scored per region
+    with Dice and HD95; the scores equal scoring those files by hand."""
+    from monai_iunet.apps.brats.metrics import score_case
+
+    out = tmp_path / "eval"
+    check(run_bundle(["configs/inference.json", "configs/evaluate.json"], dataset_dir=dataset,
+                     ckpt_path=trained / "models" / "model.pt", output_dir=out, **TINY))
+    metrics = dict(line.split(",") for line in (out / "metrics.csv").read_text().splitlines())
+    assert set(metrics) == {"n_cases", "mean_dice", "tc_dice", "wt_dice", "et_dice", "tc_hd95", "wt_hd95", "et_hd95"}
+    assert int(metrics["n_cases"]) == 2 and all(0.0 <= float(metrics[f"{r}_dice"]) <= 1.0 for r in ("tc", "wt", "et"))
+    scores = json.loads((out / "metrics.json").read_text())
+    validation = json.loads((dataset / "datalist.json").read_text())["validation"]
+    for item in validation:
+        case = Path(item["label"]).parent.name
+        assert scores["cases"][case] == score_case(out / f"{case}_seg.nii.gz", dataset / item["label"])
+    assert scores["failed"] == {} and len((out / "metrics_per_case.csv").read_text().splitlines()) == 1 + 2 * 3
 
 
 def test_inference_on_nifti_and_dicom(trained, dataset, tmp_path):

@@ -27,7 +27,7 @@ from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses, LoadImage
 from .cases import case_name, check_brats_labels
 from .labels import REGIONS
 
-__all__ = ["EMPTY_HD95", "score_case", "score_label_maps", "score_cases", "summarise"]
+__all__ = ["EMPTY_HD95", "score_case", "score_label_maps", "score_cases", "summarise", "BratsEvaluation"]
 
 EMPTY_HD95 = 373.12866
 
@@ -94,6 +94,62 @@ def score_cases(datalist: list[dict], report: dict, et_label: int = 4) -> dict:
         per_case[case] = score_case(nifti["path"], item["label"], et_label)
     return {"cases": per_case, "summary": summarise(per_case), "n": len(per_case),
             "conventions": {"both_empty": "Dice 1, HD95 0", "one_empty": f"Dice 0, HD95 {EMPTY_HD95} mm"}}
+
+
+class BratsEvaluation:
+    """The bundle's ``evaluate.json``: run the inference exactly as users run it (``inference.json``'s runner:
+    ensemble, window, mirroring switch, small-ET rule, the label map on each case's own grid) on labelled cases, then
+    score the written label maps against the expert labels (``score_cases``: MONAI's Dice and HD95 per region,
+    BraTS conventions). Writes ``metrics.json`` (per case and summary), ``metrics.csv`` (the means, one
+    ``name,value`` per line) and ``metrics_per_case.csv`` into ``output_dir``; a case whose inference failed is
+    listed with its error and makes the run fail after everything else is written.
+
+    Args:
+        runner: ``BatchSegmentation`` (inference.json's ``runner``).
+        datalist: the labelled items the runner segments (each with ``"label"``).
+        et_label: the label of enhancing tumour (4 or 3).
+        output_dir: where the metrics go (the runner's output folder).
+    """
+
+    def __init__(self, runner, datalist: list[dict], et_label: int, output_dir: str | Path) -> None:
+        unlabelled = [case_name(item) for item in datalist if "label" not in item]
+        if unlabelled:
+            raise ValueError(f"evaluation needs labelled cases; no 'label' for {unlabelled}: evaluate a datalist key "
+                             "whose items have labels (data_list_key, e.g. validation).")
+        self.runner, self.datalist, self.et_label, self.output_dir = runner, datalist, et_label, Path(output_dir)
+
+    def run(self) -> dict:
+        failure = None
+        try:
+            report = self.runner.run()
+        except RuntimeError as error:  # some cases failed: score the others, then say so
+            failure = error
+            report = json.loads((self.output_dir / "inference_report.json").read_text())
+        written = [item for item in self.datalist
+                   if report["cases"].get(case_name(item), {}).get("outputs", {}).get("nifti", {}).get("status")
+                   == "written"]
+        scores = score_cases(written, report, self.et_label) if written else {"cases": {}, "summary": {}, "n": 0}
+        scores["failed"] = {case: entry.get("error") for case, entry in report["cases"].items()
+                            if case not in scores["cases"]}
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "metrics.json").write_text(json.dumps(scores, indent=2))
+        means = {"n_cases": scores["n"]}
+        if scores["summary"]:
+            means["mean_dice"] = float(np.mean([scores["summary"][r]["dice_mean"] for r in REGIONS]))
+            for region in REGIONS:
+                means[f"{region.lower()}_dice"] = scores["summary"][region]["dice_mean"]
+                means[f"{region.lower()}_hd95"] = scores["summary"][region]["hd95_mean"]
+        (self.output_dir / "metrics.csv").write_text("".join(f"{k},{v}\n" for k, v in means.items()))
+        rows = ["case,region,dice,hd95"] + [f"{case},{region},{v['dice']},{v['hd95']}"
+                                            for case, regions in scores["cases"].items()
+                                            for region, v in regions.items()]
+        (self.output_dir / "metrics_per_case.csv").write_text("\n".join(rows) + "\n")
+        for region, values in scores["summary"].items():
+            print(f"{region}: Dice {values['dice_mean']:.3f} ± {values['dice_std']:.3f}, HD95 "
+                  f"{values['hd95_mean']:.1f} mm (median {values['hd95_median']:.1f}), n={scores['n']}")
+        if failure is not None:
+            raise RuntimeError(f"{failure}; the other cases are scored in {self.output_dir / 'metrics.json'}")
+        return scores
 
 
 def main(argv: list[str] | None = None) -> None:

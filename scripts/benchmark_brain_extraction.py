@@ -20,6 +20,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from monai_iunet.apps.brats.data.location import real_data
 from monai_iunet.apps.brats.overview import draw_planes, ras_volume
 from monai_iunet.dicom.geometry import volume_to_metatensor
 from monai_iunet.dicom.series import index_dicom_files, read_series_volume
@@ -72,7 +73,7 @@ def overlay(image: Path, masks: dict[str, Path], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=real_data())
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks" / "brain_extraction")
     args = parser.parse_args()
     args.output.mkdir(parents=True, exist_ok=True)

@@ -29,11 +29,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from monai_iunet.apps.brats.data.location import real_data
 from monai_iunet.apps.brats.data.synthetic import write_pacs_study
 from monai_iunet.apps.brats.labels import MODALITIES
 from monai_iunet.node.orthanc import Orthanc
 
-CASE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brats" / "Brats18_2013_2_1"
+CASE = real_data() / "brats" / "Brats18_2013_2_1"
 STEPS = ("stable wait", "pick-up", "download", "preprocessing", "inference", "postprocessing", "writing",
          "processor rest", "store", "send")
 

@@ -34,10 +34,12 @@ from pathlib import Path
 
 import torch
 
+from monai_iunet.apps.brats.data.location import real_data
+
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
 DOCS = ROOT / "docs" / "benchmarks"
-DATA = ROOT.parent / "shared" / "data"
+DATA = real_data()
 SPLIT = ROOT / "configs" / "splits" / "brats_real_folds.json"
 
 # What "before" undoes of today's train.json: the recipe as it trained the shipped models.

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from monai.data import load_decathlon_datalist
 
+from monai_iunet.apps.brats.data.location import real_data
 from monai_iunet.apps.brats.labels import REGIONS
 from monai_iunet.apps.brats.metrics import summarise
 from scripts.brats_cv_report import (
@@ -103,7 +104,7 @@ def write_markdown(results: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "brats_cv" / "segresnet")
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=real_data())
     parser.add_argument("--jobs", type=int, default=2, help="folds inferred at once (one thread each)")
     parser.add_argument("--reuse", action="store_true", help="score the out-of-fold outputs already written")
     args = parser.parse_args()

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from monai.data import load_decathlon_datalist
 
+from monai_iunet.apps.brats.data.location import real_data
 from monai_iunet.apps.brats.labels import REGIONS
 from monai_iunet.apps.brats.metrics import summarise
 from scripts.brats_baseline_report import ORDER, paired
@@ -34,7 +35,7 @@ CORES = 2
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "brats_cv" / "crop96")
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=real_data())
     parser.add_argument("--window", type=int, default=96)
     parser.add_argument("--concurrent", type=float, default=1.0,
                         help="trainings that shared the 2 cores with the pilot (for its CPU estimate)")

@@ -37,6 +37,7 @@ from monai.data import load_decathlon_datalist
 from monai.transforms import LoadImage
 from scipy.stats import spearmanr
 
+from monai_iunet.apps.brats.data.location import real_data
 from monai_iunet.apps.brats.labels import REGIONS
 from monai_iunet.apps.brats.metrics import score_case, score_label_maps, summarise
 from monai_iunet.apps.brats.postprocess import SuppressSmallEnhancingd
@@ -403,7 +404,7 @@ def ship(runs: list[Path], results: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "brats_cv" / "iunet")
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=real_data())
     parser.add_argument("--jobs", type=int, default=2, help="folds inferred at once (one thread each)")
     parser.add_argument("--reuse", action="store_true", help="score the out-of-fold outputs already written")
     parser.add_argument("--ship", action="store_true")

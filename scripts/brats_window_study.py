@@ -27,6 +27,7 @@ from monai.bundle import ConfigParser
 from monai.transforms import LoadImage
 
 from monai_iunet.apps.brats.data.datalist import find_cases
+from monai_iunet.apps.brats.data.location import real_data
 from monai_iunet.apps.brats.metrics import score_label_maps, summarise
 from monai_iunet.bundle import bundle_parser, bundle_path
 
@@ -68,7 +69,7 @@ def with_brain_box(parser: ConfigParser) -> ConfigParser:
 
 def main() -> None:
     args = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    args.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    args.add_argument("--data", default=str(real_data()))
     args.add_argument("--output", default=str(ROOT / "docs" / "benchmarks" / "brats_window.json"))
     args.add_argument("--cases", type=int, default=0, help="only the first N unseen cases (0: all)")
     args = args.parse_args()

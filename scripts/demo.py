@@ -33,6 +33,7 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
 from monai_iunet.apps.brats.data.datalist import et_label_of, write_datalist  # noqa: E402
+from monai_iunet.apps.brats.data.location import real_data
 from monai_iunet.apps.brats.data.synthetic import write_dataset, write_pacs_study  # noqa: E402
 from monai_iunet.apps.brats.labels import MODALITIES, region_labels  # noqa: E402
 from monai_iunet.apps.brats.metrics import score_case  # noqa: E402
@@ -44,7 +45,7 @@ BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
 PRESET = ROOT / "configs" / "bundles" / "cpu_demo.json"
 PLANS = ROOT / "configs" / "bundles" / "cpu_demo_plans.json"
 META = repr([str(BUNDLE / "configs" / "metadata.json"), str(PLANS)])  # the demo model's facts over the bundle's
-REAL_DATA = ROOT.parent / "shared" / "data"
+REAL_DATA = real_data()
 FOLDS = ROOT / "configs" / "splits" / "brats_real_folds.json"
 
 

@@ -11,7 +11,7 @@ model=${MODEL:-iunet}
 positional=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do positional+=("$1"); shift; done
 [ "${1:-}" = "--" ] && shift
-data=$(cd "${positional[0]:-$root/../shared/data}" && pwd)
+data=$(cd "${positional[0]:-${MONAI_IUNET_DATA:-$root/../shared/data}}" && pwd)
 runs=$(mkdir -p "${positional[1]:-$root/runs/brats_cv/$model}" && cd "${positional[1]:-$root/runs/brats_cv/$model}" && pwd)
 py=${PYTHON:-$root/.venv/bin/python}
 configs="'configs/train.json'"

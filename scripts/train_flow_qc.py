@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from monai_iunet.apps.brats.data.location import real_data
 from monai_iunet.apps.brats.labels import MODALITIES
 from monai_iunet.apps.brats.qc import QC_SHAPE, bits_per_dim, load_qc_flow, qc_levels, robust_threshold, save_qc_flow
 from monai_iunet.bundle import bundle_parser
@@ -34,7 +35,7 @@ from monai_iunet.networks import IUNetFlow
 
 ROOT = Path(__file__).resolve().parents[1]
 
-DATA = ROOT.parent / "shared" / "data"
+DATA = real_data()
 WORK = ROOT / "runs" / "flow_qc"
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
 SHIPPED = BUNDLE / "models" / "qc_flow.pt"

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from monai_iunet.apps.brats.data.location import real_data
 from monai_iunet.apps.brats.labels import MODALITIES
 from monai_iunet.apps.brats.modality import (
     FEATURE_NAMES,
@@ -84,7 +85,7 @@ def shifts(channels: list[np.ndarray]) -> dict[str, list[list[np.ndarray]]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=real_data())
     parser.add_argument("--ship", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from monai_iunet.apps.brats.data.location import real_data
 from monai_iunet.bundle import bundle_command, bundle_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,7 +162,7 @@ def assert_dicom_valid(path: Path) -> None:
     assert errors == [], f"dciodvfy finds errors in {path}: {errors}"
 
 
-DATA = ROOT.parent / "shared" / "data"
+DATA = real_data()
 REAL_CASE = DATA / "brats" / "Brats18_2013_2_1"
 
 

@@ -21,18 +21,19 @@ import pytest
 import torch
 from monai.transforms import Compose, SaveImaged
 
+from monai_iunet.apps.brats.data.location import real_data
 from monai_iunet.apps.brats.data.studies import stack_modalities, write_studies
 from monai_iunet.apps.brats.labels import MODALITIES
 from monai_iunet.bundle import bundle_parser
 from monai_iunet.networks import load_weights
 
-from .conftest import BUNDLE, ROOT, TINY, check, run_bundle, write_json
+from .conftest import BUNDLE, TINY, check, run_bundle, write_json
 
 pytestmark = pytest.mark.slow  # runs the bundle as MONAI Label does (make test-fast skips it)
 
 # MONAI Label sets overrides as Python values, not command-line strings.
 TINY_VALUES = {k: json.loads(v) if isinstance(v, str) else v for k, v in TINY.items()}
-REAL_BRATS = ROOT.parent / "shared" / "data" / "brats" / "Brats18_2013_2_1"
+REAL_BRATS = real_data() / "brats" / "Brats18_2013_2_1"
 
 
 def _case_files(dataset: Path, case: str) -> list[Path]:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from monai_iunet.apps.brats.data.location import real_data
 from monai_iunet.apps.brats.data.studies import stack_modalities
 from monai_iunet.apps.brats.labels import MODALITIES
 from monai_iunet.apps.brats.metrics import score_case
@@ -25,7 +26,7 @@ from .test_monai_label import monai_label_infer
 pytestmark = pytest.mark.slow  # loads and runs the shipped ensemble (make test-fast skips it)
 
 SHIPPED = BUNDLE / "models" / "model.pt"
-DATA = ROOT.parent / "shared" / "data"
+DATA = real_data()
 METADATA = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
 FOLDS = json.loads((ROOT / "configs" / "splits" / "brats_real_folds.json").read_text())["folds"]
 MARGIN = 0.01  # Dice: thresholds of a re-run on another machine or thread count may flip a few voxels

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from monai_iunet.apps.brats.cases import CaseError
+from monai_iunet.apps.brats.data.location import real_data
 from monai_iunet.apps.brats.data.synthetic import make_case, write_pacs_study
 from monai_iunet.apps.brats.labels import SERIES_RULES, seg_segments
 from monai_iunet.apps.brats.transforms import LoadModalitiesd
@@ -28,7 +29,7 @@ from monai_iunet.dicom.synthetic import SeriesSpec, grid_affine, study_ids, writ
 from ..utils import assert_dicom_valid
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data"
+DATA = real_data()
 REAL = {
     "ge_oblique": DATA / "dicom" / "ge_signa_3d_ax_t1_mprage_oblique",
     "siemens_enhanced": DATA / "dicom" / "enhanced_siemens_xa30_t1w_tfl",

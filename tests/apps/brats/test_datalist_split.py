@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from monai_iunet.apps.brats.data.datalist import split_datalist
+from monai_iunet.apps.brats.data.location import real_data
 
 ROOT = Path(__file__).resolve().parents[3]
-DATA = ROOT.parent / "shared" / "data"
+DATA = real_data()
 SPLIT = ROOT / "configs" / "splits" / "brats_real_holdout.json"
 
 

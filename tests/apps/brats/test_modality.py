@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from monai_iunet.apps.brats.data.location import real_data
 from monai_iunet.apps.brats.labels import MODALITIES
 from monai_iunet.apps.brats.modality import (
     ModalityCheckd,
@@ -23,7 +24,7 @@ from scripts.train_flow_qc import preprocessing
 ROOT = Path(__file__).resolve().parents[3]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
 WEIGHTS = BUNDLE / "models" / "modality_check.pt"
-CASE = ROOT.parent / "shared" / "data" / "brats" / "Brats18_2013_2_1"
+CASE = real_data() / "brats" / "Brats18_2013_2_1"
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def test_a_ct_in_every_slot_is_flagged():
     """A real CT (dcmqi's 3-slice liver CT) given as all four MR series: one series in every slot."""
     import pydicom
 
-    folder = ROOT.parent / "shared" / "data" / "seg" / "dcmqi_liver_ct" / "ct_source"
+    folder = real_data() / "seg" / "dcmqi_liver_ct" / "ct_source"
     if not folder.is_dir():
         pytest.skip("../shared/data not present")
     slices = sorted((pydicom.dcmread(f) for f in folder.iterdir()), key=lambda ds: float(ds.ImagePositionPatient[2]))

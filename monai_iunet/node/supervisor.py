@@ -82,7 +82,8 @@ def run_node(config: NodeConfig, worker_command: list[str]) -> int:
     credentials = ("iunet-worker", secrets.token_hex(16))
     settings = orthanc_configuration(config, credentials)
     orthanc_json = config.work_dir / "orthanc.json"
-    orthanc_json.touch(mode=0o600)  # it holds the workers' password when authentication is on
+    orthanc_json.touch()
+    orthanc_json.chmod(0o600)  # it holds the passwords when authentication is on
     orthanc_json.write_text(json.dumps(settings, indent=2))
     env = dict(os.environ)
     if settings["AuthenticationEnabled"]:

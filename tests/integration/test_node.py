@@ -127,7 +127,11 @@ def test_results_wait_for_a_destination_that_is_down_and_arrive_once_it_is_back(
     assert [r["state"] for r in node.report()].count("delivered") == 1
     assert job["timings"]["process_s"] > 0 and job["details"]["timings_s"]["inference"] >= 0
     assert node.stop() == 0  # SIGTERM: Orthanc and the worker stop cleanly
-    assert json.loads((node.work / "pids.json").read_text()).keys() == {"Orthanc", "worker 0"}
+    pids = json.loads((node.work / "pids.json").read_text())
+    assert pids.keys() == {"Orthanc", "worker 0"}
+    for pid in pids.values():  # both are gone, not left behind
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    assert (node.work / "orthanc.json").stat().st_mode & 0o777 == 0o600
 
 
 def stow(url: str, files: list[Path]) -> None:

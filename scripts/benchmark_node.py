@@ -111,7 +111,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=1, help="runs per setting (medians reported)")
     parser.add_argument("--stable-age", type=int, default=10, help="the node's stable_age for the runs (s)")
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks/node"))
+    parser.add_argument("--render", action="store_true", help="only write the table from <output>.json")
     args = parser.parse_args(argv)
+    if args.render:
+        print(render(json.loads(args.output.with_suffix(".json").read_text()), args.output))
+        return
     work = Path(tempfile.mkdtemp(prefix="node_bench_"))
     try:
         images = {m: nib.load(CASE / f"{CASE.name}_{m}.nii.gz") for m in MODALITIES}
@@ -127,23 +131,30 @@ def main(argv: list[str] | None = None) -> None:
                 print(json.dumps(runs[-1]), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    load = os.getloadavg()
     result = {"case": CASE.name, "stable_age_s": args.stable_age, "runs": runs, "cpu_count": os.cpu_count(),
-              "machine": platform.processor() or platform.machine(), "load_average_after": load,
+              "machine": platform.processor() or platform.machine(), "load_average_after": os.getloadavg(),
               "torch_threads": "default (2)"}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    table = ["| seconds per study | " + " | ".join(STEPS) + " | end to end | after stable |",
+    print(render(result, args.output))
+
+
+def render(result: dict, output: Path) -> str:
+    """The table: median seconds per step over the runs of each setting; end to end with its range."""
+    runs = result["runs"]
+    table = ["| seconds per study (median) | " + " | ".join(STEPS) + " | end to end (range) | after stable |",
              "|---|" + "---:|" * (len(STEPS) + 2)]
     for tta in (True, False):
         chosen = [r for r in runs if r["tta"] == tta]
         medians = [statistics.median(r["steps_s"][key] for r in chosen) for key in STEPS]
-        table.append(f"| {'mirroring on (default)' if tta else '--no-tta (tta: false)'} | "
+        ends = [r["end_to_end_s"] for r in chosen]
+        table.append(f"| {'mirroring on (default)' if tta else '--no-tta (tta: false)'}, {len(chosen)} runs | "
                      + " | ".join(f"{m:.1f}" for m in medians)
-                     + f" | {statistics.median(r['end_to_end_s'] for r in chosen):.1f}"
+                     + f" | {statistics.median(ends):.1f} ({min(ends):.1f}–{max(ends):.1f})"
                      f" | {statistics.median(r['after_stable_s'] for r in chosen):.1f} |")
-    args.output.with_suffix(".md").write_text("\n".join(table) + "\n")
-    print("\n".join(table))
+    text = "\n".join(table) + "\n"
+    output.with_suffix(".md").write_text(text)
+    return text
 
 
 if __name__ == "__main__":

@@ -229,20 +229,18 @@ class BatchSegmentation:
             why = "disabled (write_dicom_seg: false)" if not self.dicom_seg else "the reference image is not DICOM"
             entry["outputs"]["dicom_seg"] = {"status": "skipped", "reason": why}
             return
-        output = self.output_dir / f"{name}_seg.dcm"
-        try:
+        def seg(path: Path) -> Path:
             # highdicom only when a DICOM SEG is written: MONAI Label's environment pins pydicom<3, which it refuses.
             from ...dicom.seg import write_dicom_seg
 
-            write_dicom_seg(label[0].numpy(), label.affine.numpy(), reference_series, output,
-                            seg_segments(self.et_label), software_version=self.algorithm_version,
-                            algorithm_name=ALGORITHM, model_name="IUNet BraTS segmentation",
-                            series_description=f"IUNet tumour segmentation ({RESEARCH_USE})")
-            entry["outputs"]["dicom_seg"] = {"status": "written", "path": str(output),
-                                             "source_series": reference_series.uid}
-        except Exception as error:  # the NIfTI is written; report the SEG's failure on its own
-            entry["outputs"]["dicom_seg"] = {"status": "failed", "error": describe_error(error),
-                                             "source_series": reference_series.uid}
+            return write_dicom_seg(label[0].numpy(), label.affine.numpy(), reference_series, path,
+                                   seg_segments(self.et_label), software_version=self.algorithm_version,
+                                   algorithm_name=ALGORITHM, model_name="IUNet BraTS segmentation",
+                                   series_description=f"IUNet tumour segmentation ({RESEARCH_USE})")
+
+        output = self.output_dir / f"{name}_seg.dcm"
+        # the NIfTI is written; a failed SEG is reported on its own, and the SR and summary about it are not made
+        if not self._write_output(entry, "dicom_seg", seg, output, reference_series.uid):
             return
         if self.dicom_sr:
             from .reporting import write_case_report
@@ -270,12 +268,15 @@ class BatchSegmentation:
                                reference_series.uid)
 
     @staticmethod
-    def _write_output(entry: dict, kind: str, write: Callable[[Path], Path], path: Path, source: str) -> None:
-        """Write one more output of a case; its failure is reported on its own (the others stand)."""
+    def _write_output(entry: dict, kind: str, write: Callable[[Path], Path], path: Path, source: str) -> bool:
+        """Write one DICOM output of a case; its failure is reported on its own (the others stand). Whether it was
+        written."""
         try:
             entry["outputs"][kind] = {"status": "written", "path": str(write(path)), "source_series": source}
+            return True
         except Exception as error:
             entry["outputs"][kind] = {"status": "failed", "error": describe_error(error), "source_series": source}
+            return False
 
     def _save(self, image: MetaTensor, name: str, postfix: str) -> str:
         """Write ``<name>_<postfix>.nii.gz``; the path is the one the writer reports."""

@@ -1,6 +1,7 @@
 """The bundles as code reaches them: ``bundle_path`` (where the shipped bundles are, installed or in a checkout),
 ``bundle_parser`` (a bundle's configs with its metadata, as ``monai.bundle run`` reads them), ``network_def`` (the
-network a config describes) and ``bundle_command`` (the command line of ``monai.bundle run``).
+network a config describes), ``bundle_command`` (the command line of ``monai.bundle run``) and ``run_bundle`` (that
+command in a fresh process).
 
     python -m monai_iunet.bundle brats_iunet_segmentation     # prints the bundle folder
 """
@@ -12,7 +13,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["BUNDLES", "bundle_path", "bundle_parser", "network_def", "bundle_command"]
+__all__ = ["BUNDLES", "bundle_path", "bundle_parser", "network_def", "bundle_command", "run_bundle"]
 
 BUNDLES = ("brats_iunet_segmentation", "ct_iunet_postprocessing")
 
@@ -84,6 +85,26 @@ def bundle_command(configs: Sequence, launcher: Sequence[str] | None = None, **o
     for key, value in overrides.items():
         command += [f"--{key}", str(value)]
     return command
+
+
+def run_bundle(bundle: str | Path, configs: Sequence, log: str | Path | None = None,
+               env: Mapping[str, str] | None = None, **overrides) -> None:
+    """``python -m monai.bundle run`` in the folder ``bundle`` (a fresh process; :func:`bundle_command`) with ``env``
+    added to the environment; the command is printed and its output goes to the console, or both are appended to
+    ``log``. Raises ``subprocess.CalledProcessError`` if the run fails (the log says why)."""
+    import os
+    import subprocess
+
+    command = bundle_command(configs, **overrides)
+    environment = {**os.environ, **(env or {})}
+    if log is None:
+        print("\n$ " + " ".join(command[1:]), flush=True)
+        subprocess.run(command, cwd=bundle, check=True, env=environment)
+        return
+    with open(log, "a") as out:
+        out.write("$ " + " ".join(command[1:]) + "\n")
+        out.flush()
+        subprocess.run(command, cwd=bundle, check=True, stdout=out, stderr=subprocess.STDOUT, env=environment)
 
 
 def main(argv: list[str] | None = None) -> None:

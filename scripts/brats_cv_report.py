@@ -41,8 +41,8 @@ from monai_iunet.apps.brats.data.location import real_data
 from monai_iunet.apps.brats.labels import REGIONS
 from monai_iunet.apps.brats.metrics import score_case, score_label_maps, summarise
 from monai_iunet.apps.brats.postprocess import SuppressSmallEnhancingd
+from monai_iunet.bundle import run_bundle
 from monai_iunet.networks import ensemble_state_dict
-from scripts.bundle_run import run_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"

@@ -71,8 +71,8 @@ def raw_metric(eval_dir: Path, name: str) -> list[float]:
 
 def train_and_evaluate(name: str, data: Path, out: Path, epochs: int, previous: dict | None = None) -> dict:
     """Train ``name`` for ``epochs`` through the bundle (unless its model exists), evaluate it on the test volumes."""
+    from monai_iunet.bundle import run_bundle
     from scripts.benchmarking import run_case
-    from scripts.bundle_run import run_bundle
 
     label, blowup, network_def = MODELS[name]
     folder = out / name

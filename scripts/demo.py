@@ -38,7 +38,7 @@ from monai_iunet.apps.brats.data.synthetic import write_dataset, write_pacs_stud
 from monai_iunet.apps.brats.labels import MODALITIES, region_labels  # noqa: E402
 from monai_iunet.apps.brats.metrics import score_case  # noqa: E402
 from monai_iunet.apps.brats.overview import CONTOURS, draw_planes, ras_volume  # noqa: E402
-from scripts.bundle_run import run_bundle  # noqa: E402
+from monai_iunet.bundle import run_bundle  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"

@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from monai_iunet.apps.ct.simulation import write_ct_dataset
-from scripts.bundle_run import run_bundle
+from monai_iunet.bundle import run_bundle
 from scripts.ct_experiment import BUNDLE, predict, slices_png
 
 

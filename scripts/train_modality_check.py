@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
 DOCS = ROOT / "docs" / "benchmarks"
 L2 = 1e-2
+RULE = {"llr_threshold": 1.0, "duplicate_correlation": 0.99}  # the decision rule, fixed before scoring
 ISSUE_ORDER = ("flair", "t2", "t1", "t1ce")  # what sits in the t1, t1ce, t2, flair slots
 ACQUISITION_SHIFTS = ("noise", "motion ghosting", "bias field", "thick slices")  # the right order, degraded
 
@@ -99,7 +100,7 @@ def main() -> None:
     for held_out in folds:
         train = [c for c in features if c not in held_out]
         classifier = ModalityClassifier.fit(np.concatenate([features[c] for c in train]),
-                                            np.tile(labels, len(train)), MODALITIES, L2)
+                                            np.tile(labels, len(train)), MODALITIES, L2, **RULE)
         for case in held_out:
             check = check_modalities(channels[case], classifier)
             results["in_distribution"][case] = check
@@ -119,7 +120,8 @@ def main() -> None:
     print(json.dumps({"false_alarms": len(false_alarms), **results["shifts"]}, indent=1))
     if args.ship:
         n = len(features)
-        classifier = ModalityClassifier.fit(np.concatenate(list(features.values())), np.tile(labels, n), MODALITIES, L2)
+        classifier = ModalityClassifier.fit(np.concatenate(list(features.values())), np.tile(labels, n), MODALITIES,
+                                            L2, **RULE)
         path = save_modality_check(BUNDLE / "models" / "modality_check.pt", classifier, cases=n, l2=L2)
         print(f"shipped {path}")
 

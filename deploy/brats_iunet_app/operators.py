@@ -74,7 +74,7 @@ class BratsSeriesSelectorOperator(Operator):
         self.case = case or self.input_folder.resolve().name
         # the rules of the bundle's own loader (its series_rules over the defaults): the choice the bundle makes
         loader = bundle_parser(str(bundle / "configs" / "inference.json")).get_parsed_content(
-            "preprocessing#transforms#0")
+            "loading#0")
         self.rules = loader.series_rules
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         super().__init__(fragment, *args, **kwargs)

@@ -9,8 +9,11 @@ of that mean, so the bundle's postprocessing (activation, threshold) is the sing
 
 ``predict_with_uncertainty`` also returns how much the passes disagree, voxel by voxel: ``mirror_spread`` (the
 standard deviation of the probabilities over one member's mirrored passes, averaged over the members) and
-``member_spread`` (the standard deviation over the members of their mirror-averaged probabilities). Both are
-blended by a sliding-window inferer like the prediction.
+``member_spread`` (the standard deviation over the members of their mirror-averaged probabilities), and how
+unsure each member is on its own, which needs no second pass: ``entropy`` (the entropy in bits of a member's
+mirror-averaged probabilities, per channel — binary for sigmoid channels, ``-p log2 p`` per class for softmax, so the
+channels sum to the categorical entropy — averaged over the members). All are blended by a sliding-window inferer
+like the prediction.
 """
 
 from __future__ import annotations
@@ -94,9 +97,10 @@ class MirrorEnsemble(nn.Module):
         return self.predict_with_uncertainty(x)["pred"]
 
     def predict_with_uncertainty(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"pred": logits of the mean probability, "mirror_spread": ..., "member_spread": ...}`` (module doc)."""
+        """``{"pred": logits of the mean probability, "mirror_spread", "member_spread", "entropy"}`` (module doc)."""
         means: list[torch.Tensor] = []
         spreads: list[torch.Tensor] = []
+        entropies: list[torch.Tensor] = []
         for member in self.members:
             probabilities: list[torch.Tensor] = []
             for dims in self.passes:
@@ -105,9 +109,15 @@ class MirrorEnsemble(nn.Module):
             passes = torch.stack(probabilities)
             means.append(passes.mean(0))
             spreads.append(passes.std(0, correction=0))
+            entropies.append(self._entropy(means[-1]))
         stacked = torch.stack(means)
         return {"pred": self._logits(stacked.mean(0)), "mirror_spread": torch.stack(spreads).mean(0),
-                "member_spread": stacked.std(0, correction=0)}
+                "member_spread": stacked.std(0, correction=0), "entropy": torch.stack(entropies).mean(0)}
+
+    def _entropy(self, probabilities: torch.Tensor) -> torch.Tensor:
+        p = probabilities.clamp(self.eps, 1 - self.eps)
+        entropy = -p * torch.log2(p)
+        return entropy - (1 - p) * torch.log2(1 - p) if self.activation == "sigmoid" else entropy
 
 
 def ensemble_state_dict(paths: Sequence[str | Path], dtype: torch.dtype | None = None,

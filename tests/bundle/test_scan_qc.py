@@ -16,11 +16,13 @@ from monai_iunet.apps.brats.qc import (
     INTENSITY_RANGE,
     LEVELS,
     QC_SHAPE,
+    QC_SPACING,
     ScanQC,
     ScanQCd,
     bits_per_dim,
     dequantise,
     load_qc_flow,
+    qc_levels,
     qc_volume,
     quantise,
     robust_threshold,
@@ -80,9 +82,22 @@ def test_qc_flow_file_round_trip_and_a_training_flow_is_not_a_shipped_one(tmp_pa
         ScanQC.load(tmp_path / "run.pt")
     save_qc_flow(tmp_path / "shipped.pt", config, flow.state_dict(), threshold=4.5, calibration="{}")
     loaded, fields = load_qc_flow(tmp_path / "shipped.pt")
-    assert fields == {"config": config, "threshold": 4.5, "calibration": "{}"} and not loaded.training
+    geometry = {"spacing_mm": QC_SPACING, "shape": list(QC_SHAPE)}
+    assert fields == {"config": config, "geometry": geometry, "threshold": 4.5, "calibration": "{}"}
+    assert not loaded.training
     assert all(torch.equal(a, b) for a, b in zip(flow.state_dict().values(), loaded.state_dict().values()))
     assert ScanQC.load(tmp_path / "shipped.pt").threshold == 4.5
+    # the view the flow was trained on travels with it: a flow of another geometry scores at its own
+    save_qc_flow(tmp_path / "coarse.pt", config, flow.state_dict(), qc_spacing=8.0, shape=(12, 12, 10), threshold=4.5)
+    coarse = ScanQC.load(tmp_path / "coarse.pt")
+    image = MetaTensor(torch.randn(4, 40, 40, 40), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
+    expected = bits_per_dim(flow.eval(), qc_levels(image, 8.0, (12, 12, 10))[None].float())
+    assert coarse.shape == (12, 12, 10) and coarse.score(image) == pytest.approx(float(expected[0]), rel=1e-5)
+    saved = torch.load(tmp_path / "shipped.pt", weights_only=True)
+    del saved["geometry"]
+    torch.save(saved, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="without its geometry"):
+        ScanQC.load(tmp_path / "old.pt")
 
 
 def test_robust_threshold():

@@ -52,6 +52,11 @@ def test_mean_over_members_and_flips_equals_a_hand_written_average(activation):
     result = _ensemble(members, activation=activation).predict_with_uncertainty(x)
     assert torch.allclose(result["mirror_spread"], per_member.std(1, correction=0).mean(0), atol=1e-6)
     assert torch.allclose(result["member_spread"], per_member.mean(1).std(0, correction=0), atol=1e-6)
+    p = per_member.mean(1)  # each member's mirror-averaged probabilities; entropy in bits, averaged over members
+    entropy = -p * torch.log2(p) - ((1 - p) * torch.log2(1 - p) if activation == "sigmoid" else 0)
+    assert torch.allclose(result["entropy"], entropy.mean(0), atol=1e-5)
+    if activation == "softmax":  # the classes' terms sum to the categorical entropy, at most log2(classes) bits
+        assert float(result["entropy"].sum(1).max()) <= float(torch.log2(torch.tensor(3.0))) + 1e-6
 
 
 def test_spreads_vanish_where_passes_agree():
@@ -61,6 +66,7 @@ def test_spreads_vanish_where_passes_agree():
     result = ensemble.predict_with_uncertainty(x)
     assert result["mirror_spread"].abs().max() < 1e-6
     assert result["member_spread"].abs().max() < 1e-6
+    assert result["entropy"].min() > 0  # a member's own unsureness does not vanish when its passes agree
     assert ensemble.passes[0] == [] and len(ensemble.passes) == 8
     assert _ensemble(_members(2), axes=(0,)).predict_with_uncertainty(x)["member_spread"].abs().max() > 1e-3
 
@@ -99,6 +105,15 @@ def test_state_dict_from_member_checkpoints(tmp_path):
         assert torch.equal(single(x), nets[1](x))
     with pytest.raises(ValueError, match="set num_members to 1"):
         load_weights(MirrorEnsemble(template, num_members=2), str(tmp_path / "fold0.pt"))
+    # one member of an ensemble file (a fold's model out of the shipped ensemble), into a network or an ensemble
+    for target in (IUNet(3, 2, 3, channels=4, num_levels=2, blocks_per_level=1), MirrorEnsemble(template)):
+        one = load_weights(target, str(tmp_path / "model.pt"), member=1).eval()
+        with torch.no_grad():
+            assert torch.equal(one(x), nets[1](x))
+    with pytest.raises(ValueError, match=r"no member 2 \(members: \[0, 1\]\)"):
+        load_weights(template, str(tmp_path / "model.pt"), member=2)
+    with pytest.raises(ValueError, match="not an ensemble file"):
+        load_weights(template, str(tmp_path / "fold0.pt"), member=0)
 
 
 @pytest.mark.parametrize("kwargs", [{"num_members": 0}, {"activation": "relu"}, {"mirror_axes": (0, 0)}])

@@ -145,7 +145,7 @@ def test_bundle_non_finite_setting_reaches_loader_and_guard(action):
 
     parser = bundle_parser(BUNDLE / "configs" / "train.json")
     parser["non_finite"] = action
-    loader = parser.get_parsed_content("load_transforms#0")
+    loader = parser.get_parsed_content("loading#0")
     index = next(i for i, h in enumerate(parser["train#handlers"]) if h["_target_"].endswith("NonFiniteGuard"))
     guard = parser.get_parsed_content(f"train#handlers#{index}")
     assert isinstance(guard, NonFiniteGuard) and guard.action == action

@@ -59,14 +59,20 @@ def modality_features(channel: np.ndarray) -> np.ndarray:
 
 class ModalityClassifier:
     """Multinomial logistic regression (L2-penalised, standardised features) from :func:`modality_features` to the
-    modalities; its state is four tensors (``torch.load(..., weights_only=True)``).
+    modalities, with the decision rule of :func:`check_modalities`; its state is four tensors
+    (``torch.load(..., weights_only=True)``), saved with the rule's two numbers in one file.
 
     Args:
         modalities: the classes, in the bundle's channel order.
         state: ``{"mean", "std", "weight", "bias"}`` of a fitted classifier (``fit`` makes one).
+        llr_threshold: flag when the best order of the contrasts is more likely than the claimed one by more than
+            this (natural log).
+        duplicate_correlation: flag two slots whose images correlate above this over the brain.
     """
 
-    def __init__(self, modalities: Sequence[str], state: dict[str, torch.Tensor]) -> None:
+    def __init__(self, modalities: Sequence[str], state: dict[str, torch.Tensor], llr_threshold: float = 1.0,
+                 duplicate_correlation: float = 0.99) -> None:
+        self.llr_threshold, self.duplicate_correlation = float(llr_threshold), float(duplicate_correlation)
         self.modalities = tuple(modalities)
         self.state = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in state.items()}
         if self.state["weight"].shape[1] != len(self.modalities):
@@ -74,8 +80,9 @@ class ModalityClassifier:
                              f"{len(self.modalities)} ({self.modalities}).")
 
     @classmethod
-    def fit(cls, features: np.ndarray, labels: np.ndarray, modalities: Sequence[str], l2: float = 1e-2):
-        """Fit on ``features`` (N × F) with ``labels`` (N, indices into ``modalities``)."""
+    def fit(cls, features: np.ndarray, labels: np.ndarray, modalities: Sequence[str], l2: float = 1e-2, **rule):
+        """Fit on ``features`` (N × F) with ``labels`` (N, indices into ``modalities``); ``rule``: the decision
+        rule's ``llr_threshold`` and ``duplicate_correlation``."""
         x = torch.as_tensor(features, dtype=torch.float64)
         mean, std = x.mean(0), x.std(0) + 1e-9
         x = (x - mean) / std
@@ -91,7 +98,7 @@ class ModalityClassifier:
             return loss
 
         optimiser.step(closure)
-        return cls(modalities, {"mean": mean, "std": std, "weight": weight.detach(), "bias": bias.detach()})
+        return cls(modalities, {"mean": mean, "std": std, "weight": weight.detach(), "bias": bias.detach()}, **rule)
 
     def log_probabilities(self, features: np.ndarray) -> np.ndarray:
         """Per row of ``features``, the log-probability of each modality."""
@@ -100,14 +107,14 @@ class ModalityClassifier:
         return torch.log_softmax(x @ s["weight"] + s["bias"], 1).numpy()
 
 
-def check_modalities(channels: Sequence[np.ndarray], classifier: ModalityClassifier, llr_threshold: float = 1.0,
-                     duplicate_correlation: float = 0.99) -> dict:
+def check_modalities(channels: Sequence[np.ndarray], classifier: ModalityClassifier) -> dict:
     """Check that channel ``i`` holds ``classifier.modalities[i]``.
 
     Returns ``{"slots": {slot: {"expected", "predicted", "confidence"}}, "log_likelihood_ratio", "best_order",
     "duplicates": [[slot, slot, correlation]], "flagged", "findings": [sentences]}``: flagged when the best order of
-    the four contrasts is more likely than the claimed one by more than ``llr_threshold`` (natural log), or when two
-    slots correlate above ``duplicate_correlation`` over the brain."""
+    the four contrasts is more likely than the claimed one by more than the classifier's ``llr_threshold`` (natural
+    log), or when two slots correlate above its ``duplicate_correlation`` over the brain."""
+    llr_threshold, duplicate_correlation = classifier.llr_threshold, classifier.duplicate_correlation
     slots = classifier.modalities
     if len(channels) != len(slots):
         raise ValueError(f"{len(channels)} channels given, the check expects {len(slots)} ({slots}).")
@@ -139,14 +146,23 @@ def check_modalities(channels: Sequence[np.ndarray], classifier: ModalityClassif
 
 
 def save_modality_check(path: str | Path, classifier: ModalityClassifier, **fields) -> Path:
-    """Write the classifier (its modalities, its four tensors, and ``fields`` such as how it was trained)."""
-    save_atomically({"modalities": list(classifier.modalities), "state": classifier.state, **fields}, path)
+    """Write the classifier (its modalities, its four tensors, its decision rule, and ``fields`` such as how it was
+    trained)."""
+    save_atomically({"modalities": list(classifier.modalities), "state": classifier.state,
+                     "llr_threshold": classifier.llr_threshold,
+                     "duplicate_correlation": classifier.duplicate_correlation, **fields}, path)
     return Path(path)
 
 
 def load_modality_check(path: str | Path) -> ModalityClassifier:
+    """The classifier and its decision rule as :func:`save_modality_check` wrote them."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    return ModalityClassifier(saved["modalities"], saved["state"])
+    missing = [k for k in ("modalities", "state", "llr_threshold", "duplicate_correlation") if k not in saved]
+    if missing:
+        raise ValueError(f"{path} is not a modality check file (no {missing}); retrain it with "
+                         "scripts/train_modality_check.py.")
+    return ModalityClassifier(saved["modalities"], saved["state"], saved["llr_threshold"],
+                              saved["duplicate_correlation"])
 
 
 class ModalityCheckd(MapTransform):
@@ -157,13 +173,11 @@ class ModalityCheckd(MapTransform):
         keys: the image key (channel-first).
         weights: the classifier file (``models/modality_check.pt`` of the bundle).
         enabled: False skips the check (the record is then ``{"enabled": False}``).
-        llr_threshold: see :func:`check_modalities`.
-        duplicate_correlation: see :func:`check_modalities`.
         check_key: where the result goes (``BatchSegmentation`` puts it into the report).
     """
 
-    def __init__(self, keys: KeysCollection, weights: str | Path, enabled: bool = True, llr_threshold: float = 1.0,
-                 duplicate_correlation: float = 0.99, check_key: str = CaseKeys.MODALITY_CHECK,
+    def __init__(self, keys: KeysCollection, weights: str | Path, enabled: bool = True,
+                 check_key: str = CaseKeys.MODALITY_CHECK,
                  allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.enabled = bool(enabled)
@@ -171,7 +185,6 @@ class ModalityCheckd(MapTransform):
             raise FileNotFoundError(f"modality check weights {weights} not found: ship them with the bundle or set "
                                     "scan_qc: false.")
         self.classifier = load_modality_check(weights) if self.enabled else None
-        self.llr_threshold, self.duplicate_correlation = llr_threshold, duplicate_correlation
         self.check_key = check_key
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
@@ -183,7 +196,7 @@ class ModalityCheckd(MapTransform):
             image = d[key]
             channels = [np.asarray(c.detach().cpu() if isinstance(c, torch.Tensor) else c) for c in image]
             try:
-                check = check_modalities(channels, self.classifier, self.llr_threshold, self.duplicate_correlation)
+                check = check_modalities(channels, self.classifier)
             except ValueError as error:  # e.g. an empty or constant channel: a warning like any other finding
                 check = {"flagged": True, "findings": [f"the modalities could not be checked: {error}"]}
             d[self.check_key] = check

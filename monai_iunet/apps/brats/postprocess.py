@@ -5,10 +5,10 @@ clinician reads, and a per-case uncertainty score that flags likely failures.
   threshold (nnU-Net's BraTS post-processing; the threshold is chosen on the cross-validation folds and is a fact of
   the model, ``metadata.json``'s plans).
 - ``TumourVolumesd``: the volume of each label and region in mL, counted on the label map's own grid.
-- ``CaseUncertaintyd``: how much the mirrored passes (and the members) of ``MirrorEnsemble`` disagree, as a
-  fraction of the predicted tumour: ``sum of the voxel-wise spread / sum of the mean probability`` over the TC, WT
-  and ET channels on the network's grid. The mirror score drives the flag (its threshold is calibrated
-  out-of-fold); the member score is reported as well.
+- ``CaseUncertaintyd``: how unsure the members of ``MirrorEnsemble`` are (their entropy, one pass) or how much
+  their mirrored passes disagree, as a fraction of the predicted tumour: ``sum of the voxel-wise map / sum of the
+  mean probability`` over the TC, WT and ET channels on the network's grid. The plans name the score that drives
+  the flag and its threshold (calibrated out-of-fold, ``calibration``); the others are reported as well.
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ def tumour_volumes(label: MetaTensor, et_label: int = 4) -> dict[str, float]:
     return {name: round(n * voxel, 3) for name, n in volumes.items()}
 
 
-def uncertainty_score(probabilities: torch.Tensor, spread: torch.Tensor) -> float:
-    """``sum(spread) / max(sum(probabilities), 1)`` over all channels and voxels: the disagreement between passes
-    per voxel of predicted tumour (0: every pass agrees everywhere)."""
-    return float(spread.float().sum() / probabilities.float().sum().clamp_min(1.0))
+def uncertainty_score(probabilities: torch.Tensor, voxel_map: torch.Tensor) -> float:
+    """``sum(voxel_map) / max(sum(probabilities), 1)`` over all channels and voxels: the uncertainty (a spread or an
+    entropy) per voxel of predicted tumour (0: sure everywhere)."""
+    return float(voxel_map.float().sum() / probabilities.float().sum().clamp_min(1.0))
 
 
 class SuppressSmallEnhancingd(MapTransform):
@@ -101,47 +101,57 @@ class TumourVolumesd(MapTransform):
 
 
 class CaseUncertaintyd(MapTransform):
-    """The case's uncertainty from the spreads ``MirrorEnsemble.predict_with_uncertainty`` returned, under
-    ``output_key``: ``{"score", "threshold", "flagged", "member_score", "passes"}``. Runs on the network's grid,
-    after the activation (``keys``: the mean probabilities) and before the prediction is inverted.
+    """The case's uncertainty from the voxel maps ``MirrorEnsemble.predict_with_uncertainty`` returned, under
+    ``output_key``: ``{"score", "kind", "threshold", "flagged", "passes", "entropy_score", "mirror_score",
+    "member_score"}``. Runs on the network's grid, after the activation (``keys``: the mean probabilities) and before
+    the prediction is inverted. Each map gives one ``uncertainty_score`` (its sum over the predicted tumour's
+    probability); ``score`` is the ``kind`` one, the one whose threshold was calibrated out-of-fold (the others are
+    reported, not used):
 
-    Without mirroring there is one pass per member and no mirror spread: the score is ``None`` and nothing is
-    flagged (``"why"`` says so).
+    - ``"entropy"``: each member's own entropy of its probabilities. One pass per member suffices (mirroring off).
+    - ``"mirror_spread"``: the disagreement of each member's mirrored passes; needs mirroring (``passes`` > 1).
+
+    The member spread (members disagreeing) is reported only: out-of-fold there is one member per case to calibrate
+    on. A score that cannot be measured gives ``"score": None``, nothing flagged, and ``"why"``.
 
     Args:
         keys: the mean probabilities (C, X, Y, Z).
-        threshold: a mirror score above it flags the case as a likely failure (calibrated out-of-fold).
-        spread_key, member_spread_key: the voxel-wise spreads; they are removed from the data afterwards (they are
-            not outputs).
+        threshold: a score above it flags the case as a likely failure (calibrated out-of-fold for ``kind``).
         passes: mirrored passes per member (``len(MirrorEnsemble.passes)``).
+        kind: ``"entropy"`` or ``"mirror_spread"``.
+        maps: the keys of the voxel maps (``kind``'s among them); they are removed from the data afterwards (they
+            are not outputs).
     """
 
-    def __init__(self, keys: KeysCollection, threshold: float, passes: int, spread_key: str = "mirror_spread",
-                 member_spread_key: str = "member_spread", output_key: str = CaseKeys.UNCERTAINTY,
-                 allow_missing_keys: bool = False) -> None:
+    KINDS = ("entropy", "mirror_spread")
+
+    def __init__(self, keys: KeysCollection, threshold: float, passes: int, kind: str = "entropy",
+                 maps: tuple[str, ...] = ("entropy", "mirror_spread", "member_spread"),
+                 output_key: str = CaseKeys.UNCERTAINTY, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
+        if kind not in self.KINDS:
+            raise ValueError(f"kind must be one of {self.KINDS}, got {kind!r}.")
         self.threshold = float(threshold)
         self.passes = int(passes)
-        self.spread_key = spread_key
-        self.member_spread_key = member_spread_key
+        self.kind = kind
+        self.maps = tuple(maps)
         self.output_key = output_key
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
-        spread, member_spread = d.pop(self.spread_key, None), d.pop(self.member_spread_key, None)
+        maps = {name: d.pop(name) for name in self.maps if name in d}
+        if self.passes <= 1:  # one pass per member: its mirror "spread" is zero, not a measurement
+            maps.pop("mirror_spread", None)
         for key in self.key_iterator(d):
-            if self.passes <= 1:
-                d[self.output_key] = {"score": None, "flagged": False, "passes": self.passes,
-                                      "why": "not measured: mirroring (tta) is off, so there is one pass per member"}
-                continue
-            if spread is None:
-                d[self.output_key] = {"score": None, "flagged": False,
-                                      "why": "not measured: the network gave no spreads (not a MirrorEnsemble run "
-                                             "with uncertainty)"}
-                continue
-            entry = {"score": round(uncertainty_score(d[key], spread), 5), "threshold": self.threshold,
-                     "passes": self.passes, "member_score": round(uncertainty_score(d[key], member_spread), 5)
-                     if member_spread is not None else None}
-            entry["flagged"] = entry["score"] > self.threshold
+            scores = {f"{name.split('_')[0]}_score": round(uncertainty_score(d[key], value), 5)
+                      for name, value in maps.items()}
+            entry = {"score": scores.get(f"{self.kind.split('_')[0]}_score"), "kind": self.kind,
+                     "threshold": self.threshold, "passes": self.passes, **scores}
+            entry["flagged"] = entry["score"] is not None and entry["score"] > self.threshold
+            if entry["score"] is None:
+                entry["why"] = ("not measured: mirroring (tta) is off, so there is one pass per member"
+                                if self.kind == "mirror_spread" and self.passes <= 1 else
+                                "not measured: the network gave no uncertainty maps (not a MirrorEnsemble run with "
+                                "uncertainty)")
             d[self.output_key] = entry
         return d

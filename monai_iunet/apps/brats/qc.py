@@ -42,19 +42,22 @@ INTENSITY_RANGE = (-4.0, 4.0)  # normalised units (brain SDs)
 LEVELS = 256
 
 
-def qc_volume(image: Tensor, spacing: Sequence[float]) -> Tensor:
+def qc_volume(image: Tensor, spacing: Sequence[float], qc_spacing: float = QC_SPACING,
+              shape: Sequence[int] = QC_SHAPE) -> Tensor:
     """The flow's view of a pre-processed case ``(C, *S)`` with voxel size ``spacing`` (mm): averaged to
-    :data:`QC_SPACING` mm, then cropped or zero-padded to :data:`QC_SHAPE` around the centre of its non-zero voxels."""
+    ``qc_spacing`` mm, then cropped or zero-padded to ``shape`` around the centre of its non-zero voxels (a shipped
+    flow's geometry is in its file; the defaults are what new flows are trained at)."""
     image = torch.as_tensor(image, dtype=torch.float32)
-    factors = [QC_SPACING / float(s) for s in spacing]
+    shape = tuple(int(n) for n in shape)
+    factors = [float(qc_spacing) / float(s) for s in spacing]
     size = [max(1, round(n / f)) for n, f in zip(image.shape[1:], factors)]
     small = F.interpolate(image[None], size=size, mode="area")[0]  # area = the mean over each 4 mm cell
     nonzero = torch.nonzero(small.abs().sum(0) > 0)
     centre = ((nonzero.min(0).values + nonzero.max(0).values + 1) // 2 if len(nonzero)
               else torch.tensor([n // 2 for n in size]))
-    out = small.new_zeros((image.shape[0], *QC_SHAPE))
+    out = small.new_zeros((image.shape[0], *shape))
     source, target = [], []
-    for c, n, m in zip(centre.tolist(), size, QC_SHAPE):
+    for c, n, m in zip(centre.tolist(), size, shape):
         start = c - m // 2  # where the output box starts in the small image
         lo, hi = max(start, 0), min(start + m, n)
         source.append(slice(lo, hi))
@@ -63,11 +66,11 @@ def qc_volume(image: Tensor, spacing: Sequence[float]) -> Tensor:
     return out
 
 
-def qc_levels(image) -> Tensor:
+def qc_levels(image, qc_spacing: float = QC_SPACING, shape: Sequence[int] = QC_SHAPE) -> Tensor:
     """A pre-processed case (channel-first MetaTensor; its affine gives the voxel size) → the levels the QC flow
     scores: :func:`qc_volume`, then :func:`quantise` (uint8)."""
     spacing = np.linalg.norm(np.asarray(image.affine, float)[:3, :3], axis=0)
-    return quantise(qc_volume(torch.as_tensor(image), spacing)).to(torch.uint8)
+    return quantise(qc_volume(torch.as_tensor(image), spacing, qc_spacing, shape)).to(torch.uint8)
 
 
 def quantise(volume: Tensor) -> Tensor:
@@ -103,11 +106,13 @@ def robust_threshold(scores: Sequence[float], z: float = 4.0) -> float:
     return median + z * 1.4826 * float(np.median(np.abs(values - median)))
 
 
-def save_qc_flow(path: str | Path, config: dict, state_dict: dict, **fields) -> Path:
-    """Write a QC flow file (atomically): ``{"config": IUNetFlow kwargs, "state_dict", **fields}``; the shipped one
-    (``models/qc_flow.pt``) has the fields ``threshold`` and ``lower_threshold`` (bits/dim) and ``calibration`` (a
-    JSON string)."""
-    save_atomically({"config": dict(config), "state_dict": state_dict, **fields}, path)
+def save_qc_flow(path: str | Path, config: dict, state_dict: dict, qc_spacing: float = QC_SPACING,
+                 shape: Sequence[int] = QC_SHAPE, **fields) -> Path:
+    """Write a QC flow file (atomically): ``{"config": IUNetFlow kwargs, "state_dict", "geometry": {"spacing_mm",
+    "shape"} (the view it was trained on, :func:`qc_volume`), **fields}``; the shipped one (``models/qc_flow.pt``)
+    has the fields ``threshold`` and ``lower_threshold`` (bits/dim) and ``calibration`` (a JSON string)."""
+    geometry = {"spacing_mm": float(qc_spacing), "shape": [int(n) for n in shape]}
+    save_atomically({"config": dict(config), "state_dict": state_dict, "geometry": geometry, **fields}, path)
     return Path(path)
 
 
@@ -121,14 +126,17 @@ def load_qc_flow(path: str | Path) -> tuple[IUNetFlow, dict]:
 
 
 class ScanQC:
-    """A trained QC flow with its thresholds (from :meth:`load`), scoring pre-processed cases in bits/dim.
+    """A trained QC flow with its thresholds and the geometry of its view (:func:`qc_volume`; from :meth:`load`),
+    scoring pre-processed cases in bits/dim.
 
     Typicality both ways: a case is unusual above ``threshold`` (unlike the training cases) and below
     ``lower_threshold`` (*more* likely than any training case: an image simpler than a brain, such as a near-empty
     CT slab, which a likelihood rewards; Kirichenko et al. 2020)."""
 
     def __init__(self, flow: IUNetFlow, threshold: float, device: str | torch.device = "cpu",
-                 lower_threshold: float = -math.inf) -> None:
+                 lower_threshold: float = -math.inf, spacing_mm: float = QC_SPACING,
+                 shape: Sequence[int] = QC_SHAPE) -> None:
+        self.spacing_mm, self.shape = float(spacing_mm), tuple(int(n) for n in shape)
         self.device = torch.device(device)
         self.flow = flow.to(self.device).eval()
         self.threshold = float(threshold)
@@ -148,12 +156,16 @@ class ScanQC:
         flow, fields = load_qc_flow(path)
         if "threshold" not in fields:
             raise ValueError(f"{path} is a QC flow without a threshold (a training run's flow.pt, not a shipped one).")
-        return cls(flow, fields["threshold"], device, fields.get("lower_threshold", -math.inf))
+        if "geometry" not in fields:
+            raise ValueError(f"{path} is a QC flow without its geometry (spacing_mm, shape); save it with "
+                             "save_qc_flow.")
+        return cls(flow, fields["threshold"], device, fields.get("lower_threshold", -math.inf),
+                   fields["geometry"]["spacing_mm"], fields["geometry"]["shape"])
 
     @torch.no_grad()
     def score(self, image) -> float:
         """Bits/dim of a pre-processed case (see :func:`qc_levels`)."""
-        levels = qc_levels(image)[None].float().to(self.device)
+        levels = qc_levels(image, self.spacing_mm, self.shape)[None].float().to(self.device)
         return float(bits_per_dim(self.flow, levels)[0])
 
 

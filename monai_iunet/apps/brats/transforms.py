@@ -1,4 +1,5 @@
-"""MONAI transforms for multi-modal BraTS cases: checked loading of the modalities, labels from region channels."""
+"""MONAI transforms for multi-modal BraTS cases: checked loading of the modalities, the network's input grid and
+intensities (``network_input``: the one pre-processing training and inference share), labels from region channels."""
 
 from __future__ import annotations
 
@@ -8,14 +9,23 @@ from pathlib import Path
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import LoadImage, MapTransform, Spacingd, Transform
+from monai.transforms import (
+    CastToTyped,
+    CropForegroundd,
+    LoadImage,
+    MapTransform,
+    NormalizeIntensityd,
+    Orientationd,
+    Spacingd,
+    Transform,
+)
 
 from . import loading
 from .cases import CaseError, case_name, check_brats_labels
 from .labels import MODALITIES, REGIONS, SERIES_RULES, labels_from_regions, release_of
 
 __all__ = ["LoadModalitiesd", "BratsLabelsFromRegions", "BratsLabelsFromRegionsd", "CheckBratsLabelsd",
-           "TolerantSpacingd"]
+           "TolerantSpacingd", "network_input"]
 
 
 
@@ -200,3 +210,21 @@ class TolerantSpacingd(Spacingd):
         d = super().__call__(d, lazy)
         d.update(aside)
         return d
+
+
+def network_input(pixdim: Sequence[float], image_key: str = "image",
+                  label_key: str | None = None) -> list[MapTransform]:
+    """The deterministic pre-processing between a case's loading and the network, the same for training (with the
+    label) and inference (inverted by ``Invertd``): RAS orientation, the plans' grid (``pixdim`` mm; bilinear images,
+    nearest-neighbour label), the brain's bounding box (the non-zero voxels of the skull-stripped image), float32, and
+    a z-score of each channel over the brain. The bundles' ``train.json`` and ``inference.json`` both build it from
+    here, so the network sees at inference what it saw in training."""
+    keys = [image_key] if label_key is None else [image_key, label_key]
+    modes = ["bilinear"] if label_key is None else ["bilinear", "nearest"]
+    return [
+        Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+        TolerantSpacingd(keys, pixdim=pixdim, mode=modes),
+        CropForegroundd(keys, source_key=image_key, allow_smaller=True),
+        CastToTyped(image_key, dtype=torch.float32),
+        NormalizeIntensityd(image_key, nonzero=True, channel_wise=True),
+    ]

@@ -18,6 +18,7 @@ from monai_iunet.apps.brats.modality import (
     check_modalities,
     load_modality_check,
     modality_features,
+    save_modality_check,
 )
 from scripts.train_flow_qc import preprocessing
 
@@ -51,6 +52,23 @@ def test_swapped_modalities_are_flagged_with_the_slots_named(real_channels):
     check = check_modalities([flair, t2, t1, t1ce], load_modality_check(WEIGHTS))  # the order of issue 27
     assert check["best_order"] == ["flair", "t2", "t1", "t1ce"]  # what each slot holds
     assert check["findings"][0] == "the T1 slot looks like FLAIR" and len(check["findings"]) == 4
+
+
+def test_the_decision_rule_is_the_files(real_channels, tmp_path):
+    """The likelihood-ratio threshold and the duplicate correlation travel with the classifier, not as code
+    defaults: a file with a looser rule lets the swap through; a file without a rule is refused."""
+    t1, t1ce, t2, flair = real_channels
+    shipped = load_modality_check(WEIGHTS)
+    assert (shipped.llr_threshold, shipped.duplicate_correlation) == (1.0, 0.99)
+    swapped = check_modalities([t1, t1ce, flair, t2], shipped)
+    loose = ModalityClassifier(shipped.modalities, shipped.state, llr_threshold=swapped["log_likelihood_ratio"] + 1,
+                               duplicate_correlation=0.99)
+    reloaded = load_modality_check(save_modality_check(tmp_path / "loose.pt", loose))
+    check = check_modalities([t1, t1ce, flair, t2], reloaded)
+    assert not check["flagged"] and check["threshold"] == swapped["log_likelihood_ratio"] + 1
+    torch.save({"modalities": list(shipped.modalities), "state": shipped.state}, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="not a modality check file"):
+        load_modality_check(tmp_path / "old.pt")
 
 
 def test_one_series_in_two_slots_and_the_t1_as_t1ce_are_flagged(real_channels):

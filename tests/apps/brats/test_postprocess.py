@@ -58,20 +58,27 @@ def test_uncertainty_score_and_flag():
     spread[1, 2:6, 2:6, 2] = 0.5  # 16 voxels disagree by 0.5
     assert uncertainty_score(probabilities, spread) == pytest.approx(8 / 192)
     assert uncertainty_score(torch.zeros(3, 4, 4, 4), torch.full((3, 4, 4, 4), 0.1)) == pytest.approx(19.2)
-    data = {"pred": probabilities, "mirror_spread": spread, "member_spread": 2 * spread}
-    out = CaseUncertaintyd("pred", threshold=0.04, passes=8)(data)
-    assert "mirror_spread" not in out and "member_spread" not in out
+    entropy = torch.zeros_like(probabilities)
+    entropy[0, 2:6, 2:6, 5] = 0.75  # 16 voxels at 0.75 bits
+    data = {"pred": probabilities, "mirror_spread": spread, "member_spread": 2 * spread, "entropy": entropy}
+    out = CaseUncertaintyd("pred", threshold=0.04, passes=8, kind="mirror_spread")(data)
+    assert not {"mirror_spread", "member_spread", "entropy"} & set(out)
     assert out["uncertainty"]["flagged"] and out["uncertainty"]["score"] == pytest.approx(8 / 192, abs=1e-5)
     assert out["uncertainty"]["member_score"] == pytest.approx(16 / 192, abs=1e-5)
-    assert not CaseUncertaintyd("pred", threshold=0.05, passes=8)(data)["uncertainty"]["flagged"]
-    single = CaseUncertaintyd("pred", threshold=0.04, passes=1)(data)["uncertainty"]
+    assert out["uncertainty"]["entropy_score"] == pytest.approx(12 / 192, abs=1e-5)
+    assert not CaseUncertaintyd("pred", threshold=0.05, passes=8, kind="mirror_spread")(data)["uncertainty"]["flagged"]
+    # the entropy score needs no mirroring: one pass per member measures it, and its threshold decides
+    one_pass = CaseUncertaintyd("pred", threshold=0.06, passes=1)(data)["uncertainty"]
+    assert one_pass["kind"] == "entropy" and one_pass["score"] == pytest.approx(12 / 192, abs=1e-5)
+    assert one_pass["flagged"] and "mirror_score" not in one_pass  # one pass: no mirror spread to speak of
+    assert not CaseUncertaintyd("pred", threshold=0.07, passes=1)(data)["uncertainty"]["flagged"]
+    single = CaseUncertaintyd("pred", threshold=0.04, passes=1, kind="mirror_spread")(data)["uncertainty"]
     assert single["score"] is None and not single["flagged"] and "mirroring" in single["why"]
     assert "not measured" in str(case_findings({"uncertainty": single})[0])
-    # mirroring off runs the plain forward: no spreads at all, and the reason is still the mirroring
-    plain = CaseUncertaintyd("pred", threshold=0.04, passes=1)({"pred": probabilities})["uncertainty"]
-    assert plain["score"] is None and "mirroring (tta) is off" in plain["why"]
     missing = CaseUncertaintyd("pred", threshold=0.04, passes=8)({"pred": probabilities})["uncertainty"]
-    assert missing["score"] is None and "no spreads" in missing["why"]
+    assert missing["score"] is None and not missing["flagged"] and "no uncertainty maps" in missing["why"]
+    with pytest.raises(ValueError, match="kind"):
+        CaseUncertaintyd("pred", threshold=0.04, passes=8, kind="variance")
 
 
 def test_overview_png(tmp_path):

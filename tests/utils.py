@@ -1,4 +1,6 @@
-"""Helpers the tests share: the bundles' folders, a tiny network's settings, running a bundle in a subprocess."""
+"""Helpers the tests share: the bundles' folders, a tiny network's settings, running a bundle in a subprocess, the
+real data, known objects at known patient positions, the bundle's runner around a stand-in network, and the calls
+MONAI Label makes."""
 
 from __future__ import annotations
 
@@ -9,11 +11,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import highdicom as hd
+import numpy as np
 import pytest
 import torch
+from monai.transforms import Compose, SaveImaged
 
 from monai_iunet.apps.brats.data.location import real_data
+from monai_iunet.apps.brats.inference import BatchSegmentation
 from monai_iunet.bundle import bundle_command, bundle_parser
+from monai_iunet.networks import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
@@ -181,3 +188,78 @@ def write_real_study(folder: Path, seed: int = 7) -> Path:
     images = {m: np.asarray(f.dataobj, dtype=np.float32) for m, f in files.items()}
     write_pacs_study(images, files["t1ce"].affine, folder, "BRATS_2013_2", seed=seed)
     return folder
+
+
+# --- clinical geometry: known objects at known patient positions -------------------------------------------------
+REAL = {  # real scanner series of ../shared/data
+    "ge_oblique": DATA / "dicom" / "ge_signa_3d_ax_t1_mprage_oblique",
+    "siemens_enhanced": DATA / "dicom" / "enhanced_siemens_xa30_t1w_tfl",
+    "siemens_2d_gaps": DATA / "dicom" / "siemens_prisma_t1_fl2d_sag_HFS",
+}
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not present")
+LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+CENTRE = np.array([12.0, -18.0, 25.0])  # RAS, mm: where sphere_study's sphere is
+RADIUS = 14.0
+
+
+def sphere(affine: np.ndarray, shape, centre_ras, radius: float) -> np.ndarray:
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).astype(float)
+    world = index @ affine[:3, :3].T + affine[:3, 3]
+    return np.linalg.norm(world - np.asarray(centre_ras), axis=-1) <= radius
+
+
+def centroid_ras(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    index = np.argwhere(mask).mean(0)
+    return affine[:3, :3] @ index + affine[:3, 3]
+
+
+def seg_centroid_ras(path: Path) -> np.ndarray:
+    """Where the SEG's pixels are, from highdicom's own reading of the SEG (its affine is LPS)."""
+    volume = hd.seg.segread(str(path)).get_volume(combine_segments=True)
+    return (LPS @ np.append(centroid_ras(volume.array > 0, volume.affine), 1.0))[:3]
+
+
+class BrightIsTumour(torch.nn.Module):
+    """A stand-in network whose answer is known: every region channel is 'on' where the (normalised) input is
+    bright. Real geometry, no training needed."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 20.0 * (x[:, 1:2].expand(-1, 3, *x.shape[2:]) - 1.0)
+
+
+def bundle_runner(study: Path | None, case: str, output: Path, cases: list[dict] | None = None,
+                  **overrides) -> BatchSegmentation:
+    """The bundle's own preprocessing, inferer, postprocessing and runner (inference.json) around
+    ``BrightIsTumour``, on one study or on ``cases``; ``overrides`` set config ids (``skull_strip`` defaults to
+    false: the synthetic studies are no heads)."""
+    parser = bundle_parser(str(BUNDLE / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(BUNDLE), "roi_size": [32, 32, 32], "device": "$torch.device('cpu')",
+                   "skull_strip": False, "output_dir": str(output), "network": "$None", "uncertainty": False,
+                   **overrides,
+                   "test_datalist": cases or [{"study": str(study), "case": case}]})
+    runner = parser.get_parsed_content("runner")
+    runner.network = BrightIsTumour()
+    return runner
+
+
+def monai_label_infer(image: Path, ckpt: Path, **overrides) -> dict:
+    """What ``BundleInferTask`` does for one request: parse ``inference.json``, build ``network_def`` and load the
+    weights, run the pre-transforms one by one, the inferer on the batched image, the post-transforms without
+    ``SaveImaged``."""
+    parser = bundle_parser(BUNDLE / "configs" / "inference.json")
+    parser.update({"bundle_root": str(BUNDLE), "device": "cpu", **overrides})
+    network = load_weights(parser.get_parsed_content("network_def"), str(ckpt)).eval()
+
+    def transforms(key):
+        content = parser.get_parsed_content(key)
+        return [t for t in (content.transforms if isinstance(content, Compose) else content)
+                if not isinstance(t, SaveImaged)]
+
+    data = {"image": str(image), "image_path": str(image)}
+    for transform in transforms("preprocessing"):
+        data = transform(data)
+    with torch.no_grad():
+        data["pred"] = parser.get_parsed_content("inferer")(data["image"][None], network)[0]
+    for transform in transforms("postprocessing"):
+        data = transform(data)
+    return data

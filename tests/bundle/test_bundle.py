@@ -20,7 +20,7 @@ from monai_iunet import IUNet
 from monai_iunet.bundle import bundle_parser
 from monai_iunet.networks import load_weights
 
-from ..dicom.test_dicom_clinical import assert_dicom_valid
+from ..utils import assert_dicom_valid
 from .conftest import BUNDLE, CT_BUNDLE, SCHEMA, TINY, TRAIN_TINY, check, run_bundle, write_json
 
 pytestmark = pytest.mark.slow  # trains and runs the BraTS bundle (make test-fast skips it)

@@ -14,70 +14,28 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-import torch
 
 from monai_iunet.apps.brats.data.synthetic import make_case, write_pacs_study
-from monai_iunet.apps.brats.inference import BatchSegmentation
-from monai_iunet.bundle import bundle_parser
 from monai_iunet.dicom.geometry import volume_to_metatensor
 from monai_iunet.dicom.series import index_dicom_files, read_series_volume
-from monai_iunet.dicom.synthetic import SeriesSpec, grid_affine, study_ids, write_series
 
-from ..dicom.test_dicom_clinical import REAL, assert_dicom_valid, centroid_ras, needs_data, seg_centroid_ras, sphere
-from ..utils import tiny_network_config
-from .conftest import BUNDLE, TINY, check, run_bundle, write_json
+from ..utils import (
+    CENTRE,
+    RADIUS,
+    REAL,
+    assert_dicom_valid,
+    bundle_runner,
+    centroid_ras,
+    needs_data,
+    seg_centroid_ras,
+    sphere,
+    tiny_network_config,
+)
+from .conftest import TINY, check, run_bundle, write_json
 
 pytestmark = pytest.mark.slow  # runs the bundle and the segment command (make test-fast skips it)
 
 SEGMENT = [sys.executable, "-m", "monai_iunet.apps.brats.segment"]  # the monai-iunet-segment command
-CENTRE = np.array([12.0, -18.0, 25.0])  # RAS, mm
-RADIUS = 14.0
-
-
-class BrightIsTumour(torch.nn.Module):
-    """A stand-in network whose answer is known: every region channel is 'on' where the (normalised) input is
-    bright. Real geometry, no training needed."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 20.0 * (x[:, 1:2].expand(-1, 3, *x.shape[2:]) - 1.0)
-
-
-@pytest.fixture(scope="module")
-def sphere_study(tmp_path_factory) -> Path:
-    """Four series on four grids, all showing a bright sphere at CENTRE; the T1ce (reference) is oblique,
-    anisotropic and 2D with gaps (3 mm thick every 5 mm), like a clinical post-contrast axial."""
-    folder = tmp_path_factory.mktemp("sphere") / "STUDY"
-    study = study_ids("SPHERE")
-    rotation = np.linalg.qr(np.random.default_rng(11).normal(size=(3, 3)))[0]
-    rotation *= np.sign(np.linalg.det(rotation))
-    grids = {
-        "SAG T1 MPRAGE": (np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]], float).T, (2.0, 2.0, 2.0), (40, 40, 36), ""),
-        "AX T1 POST GAD": (rotation, (1.6, 2.0, 5.0), (48, 40, 14), "Gadoterate"),
-        "AX T2 FSE": (np.eye(3), (2.5, 2.5, 4.0), (32, 32, 18), ""),
-        "COR T2 FLAIR": (np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], float).T, (2.0, 2.0, 3.0), (40, 24, 40), ""),
-    }
-    for number, (description, (axes, spacing, shape, agent)) in enumerate(grids.items(), start=1):
-        affine = grid_affine(axes, spacing, CENTRE + [3.0, -2.0, 4.0], shape)
-        volume = np.where(sphere(affine, shape, CENTRE, RADIUS), 400.0, 100.0)
-        spec = SeriesSpec(description, volume, affine, "2D" if "AX T1" in description else "3D", contrast_agent=agent,
-                          slice_thickness=3.0 if "AX T1" in description else None)
-        write_series(spec, folder, study, number, lambda k, n=number: f"IM{n:02d}{k:04d}")
-    return folder
-
-
-def bundle_runner(study: Path | None, case: str, output: Path, cases: list[dict] | None = None,
-                  **overrides) -> BatchSegmentation:
-    """The bundle's own preprocessing, inferer, postprocessing and runner (inference.json) around
-    ``BrightIsTumour``, on one study or on ``cases``; ``overrides`` set config ids (``skull_strip`` defaults to
-    false: the synthetic studies are no heads)."""
-    parser = bundle_parser(str(BUNDLE / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(BUNDLE), "roi_size": [32, 32, 32], "device": "$torch.device('cpu')",
-                   "skull_strip": False, "output_dir": str(output), "network": "$None", "uncertainty": False,
-                   **overrides,
-                   "test_datalist": cases or [{"study": str(study), "case": case}]})
-    runner = parser.get_parsed_content("runner")
-    runner.network = BrightIsTumour()
-    return runner
 
 
 def test_known_sphere_lands_at_its_patient_position_in_nifti_and_seg(sphere_study, tmp_path):

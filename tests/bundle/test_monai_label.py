@@ -19,14 +19,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.transforms import Compose, SaveImaged
 
 from monai_iunet.apps.brats.data.location import real_data
 from monai_iunet.apps.brats.data.studies import stack_modalities, write_studies
 from monai_iunet.apps.brats.labels import MODALITIES
 from monai_iunet.bundle import bundle_parser
-from monai_iunet.networks import load_weights
 
+from ..utils import monai_label_infer
 from .conftest import BUNDLE, TINY, check, run_bundle, write_json
 
 pytestmark = pytest.mark.slow  # runs the bundle as MONAI Label does (make test-fast skips it)
@@ -38,29 +37,6 @@ REAL_BRATS = real_data() / "brats" / "Brats18_2013_2_1"
 
 def _case_files(dataset: Path, case: str) -> list[Path]:
     return [dataset / case / f"{case}_{m}.nii.gz" for m in MODALITIES]
-
-
-def monai_label_infer(image: Path, ckpt: Path, **overrides) -> dict:
-    """What ``BundleInferTask`` does for one request: parse ``inference.json``, build ``network_def`` and load the
-    weights, run the pre-transforms one by one, the inferer on the batched image, the post-transforms without
-    ``SaveImaged``."""
-    parser = bundle_parser(BUNDLE / "configs" / "inference.json")
-    parser.update({"bundle_root": str(BUNDLE), "device": "cpu", **overrides})
-    network = load_weights(parser.get_parsed_content("network_def"), str(ckpt)).eval()
-
-    def transforms(key):
-        content = parser.get_parsed_content(key)
-        return [t for t in (content.transforms if isinstance(content, Compose) else content)
-                if not isinstance(t, SaveImaged)]
-
-    data = {"image": str(image), "image_path": str(image)}
-    for transform in transforms("preprocessing"):
-        data = transform(data)
-    with torch.no_grad():
-        data["pred"] = parser.get_parsed_content("inferer")(data["image"][None], network)[0]
-    for transform in transforms("postprocessing"):
-        data = transform(data)
-    return data
 
 
 def _label_values() -> set[int]:

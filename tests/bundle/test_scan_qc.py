@@ -32,9 +32,8 @@ from monai_iunet.bundle import bundle_parser
 from monai_iunet.networks import IUNetFlow
 from monai_iunet.networks.flow import standard_normal_log_prob
 
-from ..dicom.test_dicom_clinical import DATA, REAL, needs_data
+from ..utils import DATA, REAL, bundle_runner, needs_data
 from .conftest import BUNDLE
-from .test_clinical import bundle_runner, sphere_study  # noqa: F401 (fixture)
 
 TINY_FLOW = {"spatial_dims": 3, "in_channels": 4, "num_levels": 2, "blocks_per_level": 1}
 
@@ -42,8 +41,7 @@ TINY_FLOW = {"spatial_dims": 3, "in_channels": 4, "num_levels": 2, "blocks_per_l
 def save_flow(path, threshold: float, seed: int = 0):
     torch.manual_seed(seed)
     flow = IUNetFlow(**TINY_FLOW)
-    torch.save({"config": TINY_FLOW, "state_dict": flow.state_dict(), "threshold": threshold}, path)
-    return path
+    return save_qc_flow(path, TINY_FLOW, flow.state_dict(), threshold=threshold)
 
 
 def test_qc_volume_averages_to_4_mm_and_centres_the_brain():

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import highdicom as hd
 import nibabel as nib
 import numpy as np
 import pydicom
@@ -16,7 +15,6 @@ import pytest
 import torch
 
 from monai_iunet.apps.brats.cases import CaseError
-from monai_iunet.apps.brats.data.location import real_data
 from monai_iunet.apps.brats.data.synthetic import make_case, write_pacs_study
 from monai_iunet.apps.brats.labels import SERIES_RULES, seg_segments
 from monai_iunet.apps.brats.transforms import LoadModalitiesd
@@ -26,36 +24,11 @@ from monai_iunet.dicom.selection import SelectionError, select_series
 from monai_iunet.dicom.series import SeriesError, index_dicom_files, mask_patient_id, read_series_volume
 from monai_iunet.dicom.synthetic import SeriesSpec, grid_affine, study_ids, write_series
 
-from ..utils import assert_dicom_valid
+from ..utils import DATA, REAL, assert_dicom_valid, needs_data, seg_centroid_ras, sphere
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = real_data()
-REAL = {
-    "ge_oblique": DATA / "dicom" / "ge_signa_3d_ax_t1_mprage_oblique",
-    "siemens_enhanced": DATA / "dicom" / "enhanced_siemens_xa30_t1w_tfl",
-    "siemens_2d_gaps": DATA / "dicom" / "siemens_prisma_t1_fl2d_sag_HFS",
-}
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not present")
 needs_dcmtk = pytest.mark.skipif(shutil.which("dcmcjpeg") is None and not os.environ.get("CI"),
                                  reason="dcmtk not installed (apt-get install dcmtk)")
-LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-def sphere(affine: np.ndarray, shape, centre_ras, radius: float) -> np.ndarray:
-    index = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).astype(float)
-    world = index @ affine[:3, :3].T + affine[:3, 3]
-    return np.linalg.norm(world - np.asarray(centre_ras), axis=-1) <= radius
-
-
-def centroid_ras(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    index = np.argwhere(mask).mean(0)
-    return affine[:3, :3] @ index + affine[:3, 3]
-
-
-def seg_centroid_ras(path: Path) -> np.ndarray:
-    """Where the SEG's pixels are, from highdicom's own reading of the SEG (its affine is LPS)."""
-    volume = hd.seg.segread(str(path)).get_volume(combine_segments=True)
-    return (LPS @ np.append(centroid_ras(volume.array > 0, volume.affine), 1.0))[:3]
 
 
 @needs_data

@@ -14,7 +14,7 @@ from monai_iunet.apps.brats.cases import CaseError
 from monai_iunet.dicom.geometry import volume_to_metatensor
 from monai_iunet.dicom.series import index_dicom_files, read_series_volume
 
-from ...dicom.test_dicom_clinical import DATA, REAL, needs_data
+from ...utils import DATA, REAL, needs_data
 
 HEADS = ("siemens_enhanced", "siemens_2d_gaps")  # real heads; "ge_oblique" is the QA phantom of dcm_qa_ge
 

@@ -1,25 +1,24 @@
 #!/usr/bin/env python
 """Out-of-fold evaluation of the cross-validated BraTS models that ``scripts/train_brats_cv.sh`` trained, the choices
-made on the folds (test-time mirroring, the small-ET threshold, the uncertainty threshold), and the shipped ensemble.
+made on the folds, and the ship step; the measuring and calibrating is ``monai_iunet.apps.brats.calibration``'s (one
+scoring path: inference.json + evaluate.json), this script adds the training history, the 2 mm ceiling, the report
+and the figures.
 
-    python -m scripts.brats_cv_report [--runs runs/brats_cv/iunet] [--data ../shared/data] [--ship]
+    python -m scripts.brats_cv_report [--runs runs/brats_cv/iunet] [--data ../shared/data] [--reuse] [--ship]
 
-1. each fold's final weights (``last.pt``'s ``model``: no checkpoint selection; it loads into a one-member
-   ``MirrorEnsemble``); a fold trained in stages (``RESUME=True``) counts all its steps and wall time;
-2. the bundle's own ``inference.json`` (a fresh ``monai.bundle run`` per fold, ``--num_members 1``) on the fold's
-   held-out cases, with mirroring off and on, small-ET rule off: NIfTI on each input's 1 mm grid, scored with
-   ``monai_iunet.apps.brats.metrics`` (MONAI's Dice and HD95, BraTS conventions); every case is scored only by the
-   model that did not train on it;
-3. the small-ET threshold: the volume (mL) below which predicted ET becomes necrotic core (``SuppressSmallEnhancingd``,
-   the bundle's last postprocessing step, applied to the written label maps) that maximises the out-of-fold ET Dice;
-4. the uncertainty score (mirrored passes): its rank correlation with the out-of-fold Dice, and its threshold: the
-   90th percentile of the scores of the cases that did not fail (WT Dice >= 0.7), calibrated on four folds and
-   applied to the fifth for the reported rates, on all 30 for the shipped value;
+1. each fold's final weights (``last.pt``'s ``model``: no checkpoint selection); a fold trained in stages
+   (``RESUME=True``) counts all its steps and wall time;
+2. ``calibration.out_of_fold`` with the fold's weights, mirroring off and on, small-ET rule off: every case scored
+   only by the model that did not train on it (MONAI's Dice and HD95 on each input's 1 mm grid, BraTS conventions);
+3. the shipped mirroring setting: on only if it adds at least ``TTA_MIN_GAIN`` mean Dice (it costs ~5x the seconds);
+4. ``calibration.calibrate`` on that setting: the small-ET threshold and the uncertainty score's kind and threshold;
 5. the ceiling of the 2 mm grid: each expert label taken to 2 mm and back the way predictions are, scored the same way;
-6. ``docs/benchmarks/brats_real.json`` and ``brats_real.md`` (with the window study of ``brats_window_study.py``),
-   ``brats_real_curves.png``, ``brats_real_per_case.png``, ``brats_real_overview.png``;
-7. with ``--ship``: the five members become the bundle's ``models/model.pt`` (one ``MirrorEnsemble`` state dict), the
-   two thresholds go into ``metadata.json``'s plans, the out-of-fold scores into its ``performance``.
+6. ``docs/benchmarks/brats_real.json`` and ``brats_real.md`` (with the window study of commit 36b93a4's
+   ``scripts/brats_window_study.py``, numbers in ``brats_window.json``), ``brats_real_curves.png``,
+   ``brats_real_per_case.png``, ``brats_real_overview.png``;
+7. with ``--ship``: the members become the bundle's ``models/model.pt`` (``calibration.write_ensemble``), the chosen
+   values its plans (``calibration.write_plans``), the out-of-fold scores its ``performance``, each member's
+   provenance ``docs/benchmarks/brats_members.json``.
 """
 
 from __future__ import annotations
@@ -28,31 +27,34 @@ import argparse
 import json
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 from monai.data import load_decathlon_datalist
 from monai.transforms import LoadImage
-from scipy.stats import spearmanr
 
+from monai_iunet.apps.brats.calibration import (
+    FAILURE_WT_DICE,
+    FALSE_ALARM_QUANTILE,
+    calibrate,
+    out_of_fold,
+    write_ensemble,
+    write_plans,
+)
 from monai_iunet.apps.brats.data.location import real_data
 from monai_iunet.apps.brats.labels import REGIONS
 from monai_iunet.apps.brats.metrics import score_case, score_label_maps, summarise
 from monai_iunet.apps.brats.postprocess import SuppressSmallEnhancingd
 from monai_iunet.bundle import run_bundle
-from monai_iunet.networks import ensemble_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
 DOCS = ROOT / "docs" / "benchmarks"
-ET_THRESHOLDS_ML = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)  # nnU-Net: 750 voxels at 1 mm = 0.75 mL
-FAILURE_WT_DICE = 0.7  # a case "misses most of the tumour" below this (fixed before any fold was scored)
-FALSE_ALARM_QUANTILE = 0.9
+TTA_MIN_GAIN = 0.005  # mean Dice mirroring must add to be on by default (issue 36: within 0.005 is equal)
 TARGETS = {"WT": 0.85, "TC": 0.75, "ET": 0.70}
 PAPER = {"WT": 0.900, "TC": 0.809, "ET": 0.767}  # iUNet-16, BraTS 2018, 260 cases, 1 mm, GPU
-SETTINGS = {"tta_off": {"tta": False}, "tta_on": {"tta": True}}
+SETTINGS = {"tta_off": False, "tta_on": True}
 
 
 def folds(runs: Path) -> list[Path]:
@@ -112,70 +114,12 @@ def training_log(run: Path, epoch_length: int) -> dict:
     }
 
 
-def infer_fold(run: Path, data: Path, member: Path, setting: str, **overrides) -> dict:
-    """``inference.json`` on the fold's held-out cases (``overrides``: further config ids); the inference report."""
-    out = run / "oof" / setting
-    if out.exists():
-        shutil.rmtree(out)
-    run_bundle(BUNDLE, [BUNDLE / "configs" / "inference.json"], log=run / f"oof_{setting}.log", bundle_root=BUNDLE,
-               dataset_dir=data, data_list_file_path=run / "datalist.json", data_list_key="testing",
-               ckpt_path=member, num_members=1, output_dir=out, write_dicom_seg=False, et_min_volume_ml=0,
-               **SETTINGS[setting], **overrides)
-    return json.loads((out / "inference_report.json").read_text())
-
-
-def load_maps(predictions: dict[str, Path], labels: dict[str, str]) -> dict[str, tuple]:
-    """Each case's written label map and its expert label, loaded once."""
+def score(cases: dict[str, dict], et_min_volume_ml: float) -> dict:
+    """Per-case scores (Dice and HD95) of the written label maps after the small-ET rule (the bundle's transform)."""
+    rule = SuppressSmallEnhancingd("pred", et_label=4, min_volume_ml=et_min_volume_ml)
     loader = LoadImage(image_only=True, ensure_channel_first=True)
-    return {case: (loader(str(path)), loader(labels[case])) for case, path in predictions.items()}
-
-
-def score(maps: dict[str, tuple], et_min_volume_ml: float = 0.0) -> dict:
-    """Per-case scores (Dice and HD95) of the label maps after the small-ET rule (the bundle's own transform)."""
-    rule = SuppressSmallEnhancingd("pred", et_label=4, min_volume_ml=et_min_volume_ml)
-    return {case: score_label_maps(rule({"pred": pred})["pred"], truth) for case, (pred, truth) in maps.items()}
-
-
-def et_dice(maps: dict[str, tuple], et_min_volume_ml: float) -> float:
-    """Mean ET Dice after the small-ET rule (both empty: 1), without the distances: the threshold scan."""
-    rule = SuppressSmallEnhancingd("pred", et_label=4, min_volume_ml=et_min_volume_ml)
-    values = []
-    for pred, truth in maps.values():
-        a, b = rule({"pred": pred})["pred"] == 4, truth == 4
-        total = int(a.sum()) + int(b.sum())
-        values.append(1.0 if total == 0 else 2.0 * int((a & b).sum()) / total)
-    return float(np.mean(values))
-
-
-def mean_dice(case_scores: dict) -> float:
-    return float(np.mean([case_scores[r]["dice"] for r in REGIONS]))
-
-
-def calibrate(scores: dict[str, float], failed: dict[str, bool]) -> float:
-    """The uncertainty threshold: the FALSE_ALARM_QUANTILE quantile of the scores of the cases that did not fail."""
-    fine = [s for c, s in scores.items() if not failed[c]]
-    return float(np.quantile(fine, FALSE_ALARM_QUANTILE)) if fine else float("inf")  # nothing to calibrate on
-
-
-def uncertainty_evaluation(unc: dict[str, float], dice: dict[str, dict], fold_of: dict[str, int]) -> dict:
-    failed = {c: dice[c]["WT"]["dice"] < FAILURE_WT_DICE for c in unc}
-    rho_mean = spearmanr([unc[c] for c in unc], [mean_dice(dice[c]) for c in unc])
-    rho_wt = spearmanr([unc[c] for c in unc], [dice[c]["WT"]["dice"] for c in unc])
-    flagged = {}
-    for k in sorted(set(fold_of.values())):  # threshold from the other folds, applied to this one
-        others = {c: s for c, s in unc.items() if fold_of[c] != k}
-        threshold = calibrate(others, failed)
-        flagged.update({c: unc[c] > threshold for c in unc if fold_of[c] == k})
-    n_failed = sum(failed.values())
-    return {
-        "failure": f"WT Dice < {FAILURE_WT_DICE}", "n_cases": len(unc), "n_failed": n_failed,
-        "spearman_mean_dice": {"rho": float(rho_mean.statistic), "p": float(rho_mean.pvalue)},
-        "spearman_wt_dice": {"rho": float(rho_wt.statistic), "p": float(rho_wt.pvalue)},
-        "cross_validated_flags": {
-            "failures_flagged": sum(flagged[c] for c in unc if failed[c]),
-            "false_alarms": sum(flagged[c] for c in unc if not failed[c]), "n_not_failed": len(unc) - n_failed},
-        "threshold": calibrate(unc, failed), "scores": unc, "failed": failed, "flagged_out_of_fold": flagged,
-    }
+    return {case: score_label_maps(rule({"pred": loader(e["prediction"])})["pred"], loader(e["label"]))
+            for case, e in cases.items()}
 
 
 def resolution_ceiling(datalist: list[dict], pixdim: float, work: Path) -> dict:
@@ -248,7 +192,7 @@ def plot_per_case(final: dict, unc: dict, path: Path) -> None:
     scatter.scatter([unc["scores"][c] for c in cases], [final[c]["WT"]["dice"] for c in cases])
     scatter.axvline(unc["threshold"], color="red", lw=0.8, label="shipped threshold")
     scatter.axhline(FAILURE_WT_DICE, color="grey", lw=0.8, ls="--", label="failure")
-    scatter.set(xlabel="uncertainty score (mirrored passes)", ylabel="out-of-fold WT Dice",
+    scatter.set(xlabel=f"uncertainty score ({unc['kind']})", ylabel="out-of-fold WT Dice",
                 title=f"Spearman rho {unc['spearman_wt_dice']['rho']:.2f}")
     scatter.legend(fontsize=8)
     fig.tight_layout()
@@ -313,21 +257,24 @@ def write_markdown(results: dict, window: dict | None, path: Path) -> None:
         "use them are slightly optimistic (the table shows how much the rule moves ET Dice).", "",
     ]
     unc = results["uncertainty"]
-    cv = unc["cross_validated_flags"]
+    what = {"entropy": "the entropy (bits) of each member's probabilities (one pass per member)",
+            "mirror_spread": "the spread of each member's probabilities over its mirrored passes"}[unc["kind"]]
     lines += [
         "## Per-case uncertainty", "",
-        "Score: the spread of the probabilities over the 8 mirrored passes, summed over voxels and the three",
-        "regions, divided by the summed mean probability (`postprocess.uncertainty_score`); the ensemble reports",
-        "the mean over its members of each member's mirror spread (what was calibrated here, one member per case)",
-        "and, separately, the spread between members (`member_score`, not calibrated: out-of-fold there is only",
-        "one member per case).", "",
-        f"- Rank correlation with out-of-fold Dice: Spearman rho **{unc['spearman_wt_dice']['rho']:.2f}** with WT Dice "
-        f"(p {unc['spearman_wt_dice']['p']:.3f}), {unc['spearman_mean_dice']['rho']:.2f} with the mean Dice of the "
-        "three regions (negative: higher uncertainty, lower Dice).",
+        f"Score (`{unc['kind']}`): {what}, summed over the voxels of "
+        + (f"the {unc['region']} channel" if unc["region"] else "the three regions")
+        + ", divided by the summed mean probability (`postprocess.uncertainty_score`); the ensemble reports the mean",
+        "over its members (what was calibrated here, one member per case) and, beside it, the spread between members",
+        "(`member_score`, not calibrated: out-of-fold there is only one member per case). Every score the setting",
+        "measured, judged alike: " + "; ".join(
+            f"`{k}` {u['failures_flagged']}/{u['n_failed']} failures flagged at {u['false_alarms']} false alarms"
+            for k, u in results["calibration"]["uncertainty"].items()) + ".", "",
+        f"- Rank correlation with out-of-fold WT Dice: Spearman rho **{unc['spearman_wt_dice']['rho']:.2f}** "
+        f"(p {unc['spearman_wt_dice']['p']:.3f}; negative: higher uncertainty, lower Dice).",
         f"- Failures (fixed before scoring: {unc['failure']}): {unc['n_failed']} of {unc['n_cases']}. With the "
         f"threshold calibrated on four folds and applied to the fifth ({FALSE_ALARM_QUANTILE:.0%} quantile of the "
-        f"non-failures' scores): **{cv['failures_flagged']} of {unc['n_failed']} failures flagged, "
-        f"{cv['false_alarms']} false alarms in {cv['n_not_failed']}** cases that did not fail.",
+        f"non-failures' scores): **{unc['failures_flagged']} of {unc['n_failed']} failures flagged, "
+        f"{unc['false_alarms']} false alarms in {unc['n_not_failed']}** cases that did not fail.",
         f"- Shipped threshold (all 30 cases): **{unc['threshold']:.4f}**.", "",
         "![per case](brats_real_per_case.png)", "",
         "## Per case (out-of-fold Dice, shipped settings)", "",
@@ -365,37 +312,41 @@ def write_markdown(results: dict, window: dict | None, path: Path) -> None:
 
 
 def ship(runs: list[Path], results: dict) -> None:
-    """The runs' final weights as one ensemble file (half precision: half the size), the choices and scores into
-    the metadata."""
-    finals = [run / "models" / "resume" / "last.pt" for run in runs]
-    torch.save(ensemble_state_dict(finals, torch.float16), BUNDLE / "models" / "model.pt")
+    """The runs' final weights as the bundle's ensemble, the choices into its plans, the scores into its metadata,
+    each member's provenance beside the benchmarks."""
+    write_ensemble([run / "models" / "resume" / "last.pt" for run in runs], BUNDLE / "models" / "model.pt")
     meta_path = BUNDLE / "configs" / "metadata.json"
+    plans = write_plans(meta_path, results["calibration"], tta=results["shipped"] == "tta_on")
     metadata = json.loads(meta_path.read_text())
-    metadata["plans"]["et_min_volume_ml"] = results["et_threshold"]["chosen_ml"]
-    metadata["plans"]["uncertainty_threshold"] = round(results["uncertainty"]["threshold"], 5)
     summary = results["final"]["summary"]
-    members_info = []
-    for run in runs:
-        fold = results["folds"][run.name]
-        members_info.append({"fold": run.name, "held_out": fold["cases"], "patch_size": metadata["plans"]["patch_size"],
-                             "steps": fold["steps"], "training_time_s": fold["training_time_s"],
-                             "wall_time_s": fold["wall_time_s"],
-                             "stages": [{"command": st["command"], "commit": st["commit"], "dirty_tree": st["dirty"],
-                                         "wall_time_s": st["wall_time_s"]} for st in fold["stages"]]})
+    members = [{"fold": run.name, "held_out": results["folds"][run.name]["cases"], "patch_size": plans["patch_size"],
+                "steps": results["folds"][run.name]["steps"],
+                "training_time_s": results["folds"][run.name]["training_time_s"],
+                "wall_time_s": results["folds"][run.name]["wall_time_s"],
+                "stages": [{"command": st["command"], "commit": st["commit"], "dirty_tree": st["dirty"],
+                            "wall_time_s": st["wall_time_s"]} for st in results["folds"][run.name]["stages"]]}
+               for run in runs]
+    provenance = DOCS / "brats_members.json"
+    record = json.loads(provenance.read_text()) if provenance.is_file() else {}
+    provenance.write_text(json.dumps({**record, "members": members}, indent=1) + "\n")
+    unc = results["uncertainty"]
     metadata["performance"] = {
         "trained_on": "30 real BraTS 2018 training cases (5-fold cross-validation, "
                       "configs/splits/brats_real_folds.json) at 2 mm, each fold on one CPU thread with the other "
                       "folds running beside it",
-        "members": members_info,
         "out_of_fold": {
-            "evaluation": "each case segmented by the fold model that did not train on it, through inference.json "
-                          f"({results['shipped_settings']}) on the original 1 mm files, label map on the input grid, "
-                          "MONAI DiceMetric and HausdorffDistanceMetric(percentile 95), BraTS conventions",
+            "evaluation": "each case segmented by the fold model that did not train on it, through inference.json + "
+                          f"evaluate.json ({results['shipped_settings']}) on the original 1 mm files, label map on the "
+                          "input grid, MONAI DiceMetric and HausdorffDistanceMetric(percentile 95), BraTS conventions",
             "dice_mean": {r: round(summary[r]["dice_mean"], 4) for r in REGIONS},
             "hd95_mean_mm": {r: round(summary[r]["hd95_mean"], 2) for r in REGIONS},
-            "uncertainty": {k: results["uncertainty"][k] for k in
-                            ("failure", "n_failed", "spearman_wt_dice", "cross_validated_flags")},
+            "uncertainty": {"kind": unc["kind"], "region": unc["region"], "failure": unc["failure"],
+                            "n_failed": unc["n_failed"], "spearman_wt_dice": unc["spearman_wt_dice"],
+                            "cross_validated_flags": {k: unc[k] for k in
+                                                      ("failures_flagged", "false_alarms", "n_not_failed")}},
         },
+        "provenance": "docs/benchmarks/brats_members.json of the monai-iunet repository: each member's held-out "
+                      "cases, steps, time, and the command and commit of every training stage",
     }
     metadata["eval_metrics"] = {f"out_of_fold_{r.lower()}_dice": round(summary[r]["dice_mean"], 4) for r in REGIONS}
     meta_path.write_text(json.dumps(metadata, indent=4) + "\n")
@@ -426,42 +377,30 @@ def main() -> None:
             "training_time_s": log["training_time_s"],
             "epochs": log["epochs"], "log": log, "stages": history,
             "wall_time_s": sum(stage["wall_time_s"] for stage in history)}
-    jobs = [(run, member, setting) for setting in SETTINGS for run, member in zip(runs, members)]
-    if args.reuse:  # the out-of-fold outputs of an earlier run of this script
-        reports = [json.loads((run / "oof" / setting / "inference_report.json").read_text())
-                   for run, _, setting in jobs]
-    else:
-        with ThreadPoolExecutor(args.jobs) as pool:
-            reports = list(pool.map(lambda job: infer_fold(data=data, run=job[0], member=job[1], setting=job[2]),
-                                    jobs))
-    by_setting: dict[str, dict] = {s: {"cases": {}} for s in SETTINGS}
-    for (_, _, setting), report in zip(jobs, reports):
-        by_setting[setting]["cases"].update(report["cases"])
-    predictions = {s: {c: Path(e["outputs"]["nifti"]["path"]) for c, e in v["cases"].items()}
-                   for s, v in by_setting.items()}
+    oof = {setting: out_of_fold(data, args.runs / "oof" / setting, tta=tta, members=members, jobs=args.jobs,
+                                reuse=args.reuse)
+           for setting, tta in SETTINGS.items()}
     results["tta"] = {}
-    maps = {setting: load_maps(predictions[setting], labels) for setting in SETTINGS}
-    scored = {}
-    for setting in SETTINGS:
-        scored[setting] = score(maps[setting])
-        s = summarise(scored[setting])
+    for setting, cases in oof.items():
+        s = summarise({c: e["scores"] for c, e in cases.items()})
         results["tta"][setting] = {
             "dice": {r: s[r]["dice_mean"] for r in REGIONS},
             "mean_dice": float(np.mean([s[r]["dice_mean"] for r in REGIONS])),
-            "seconds_median": float(np.median([e["seconds"] for e in by_setting[setting]["cases"].values()]))}
+            "seconds_median": float(np.median([e["seconds"] for e in cases.values()]))}
     gain = results["tta"]["tta_on"]["mean_dice"] - results["tta"]["tta_off"]["mean_dice"]
-    shipped = "tta_on" if gain >= 0 else "tta_off"
-    results["shipped_settings"] = "mirroring on (8 passes)" if shipped == "tta_on" else "mirroring off"
     slowdown = results["tta"]["tta_on"]["seconds_median"] / results["tta"]["tta_off"]["seconds_median"]
-    results["tta_reason"] = (f"mean Dice {gain:+.3f} for {slowdown:.1f}x the seconds per case; the uncertainty score "
-                             "needs the mirrored passes")
-    scan = {str(t): et_dice(maps[shipped], t) for t in ET_THRESHOLDS_ML}
-    chosen = max(ET_THRESHOLDS_ML, key=lambda t: (round(scan[str(t)], 6), -t))
-    results["et_threshold"] = {"candidates": list(ET_THRESHOLDS_ML), "et_dice": scan, "chosen_ml": chosen}
-    final = score(maps[shipped], chosen) if chosen else scored[shipped]
+    shipped = results["shipped"] = "tta_on" if gain >= TTA_MIN_GAIN else "tta_off"
+    results["shipped_settings"] = "mirroring on (8 passes)" if shipped == "tta_on" else "mirroring off (1 pass)"
+    results["tta_reason"] = (f"mirroring: mean Dice {gain:+.3f} for {slowdown:.1f}x the seconds per case; on by "
+                             f"default only from +{TTA_MIN_GAIN}")
+    calibration = results["calibration"] = calibrate(oof[shipped])
+    results["et_threshold"] = calibration["et_threshold"]
+    chosen = calibration["et_threshold"]["chosen_ml"]
+    final = score(oof[shipped], chosen) if chosen else {c: e["scores"] for c, e in oof[shipped].items()}
     results["final"] = {"cases": final, "summary": summarise(final)}
-    unc = {c: e["uncertainty"]["score"] for c, e in by_setting["tta_on"]["cases"].items()}
-    results["uncertainty"] = uncertainty_evaluation(unc, final, fold_of)
+    kind = calibration["chosen_uncertainty"]
+    results["uncertainty"] = {**calibration["uncertainty"][kind["kind"]], "kind": kind["kind"],
+                              "region": kind["region"]}
     results["fold_of"] = fold_of
     pixdim = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["plans"]["pixdim"][0]
     items = [{"case": c, "label": labels[c]} for c in sorted(labels)]
@@ -477,7 +416,8 @@ def main() -> None:
     run_bundle(BUNDLE, [BUNDLE / "configs" / "inference.json"], log=args.runs / "overview.log", bundle_root=BUNDLE,
                dataset_dir=data, data_list_file_path=one_case, data_list_key="testing",
                ckpt_path=members[fold_of[overview_case]], num_members=1, output_dir=one_case.parent,
-               write_dicom_seg=False, overview=True, et_min_volume_ml=chosen,
+               write_dicom_seg=False, overview=True, et_min_volume_ml=chosen, tta=shipped == "tta_on",
+               uncertainty_kind=results["uncertainty"]["kind"], uncertainty_region=results["uncertainty"]["region"],
                uncertainty_threshold=results["uncertainty"]["threshold"])
     shutil.copy(one_case.parent / f"{overview_case}_overview.png", DOCS / "brats_real_overview.png")
     (DOCS / "brats_real.json").write_text(json.dumps(results, indent=1, default=float))

@@ -25,7 +25,7 @@ from monai.transforms import RandBiasField
 from tqdm import tqdm
 
 from monai_iunet.apps.brats.labels import MODALITIES
-from monai_iunet.apps.brats.qc import INTENSITY_RANGE, LEVELS, quantise
+from monai_iunet.apps.brats.qc import INTENSITY_RANGE, LEVELS, checked_input, quantise
 from monai_iunet.apps.brats.transforms import LoadModalitiesd
 from monai_iunet.dicom.geometry import volume_to_metatensor
 from monai_iunet.dicom.series import index_dicom_files, read_series_volume
@@ -37,7 +37,6 @@ from scripts.train_flow_qc import (
     folds,
     levels_of,
     load_flow,
-    preprocessing,
     score,
 )
 
@@ -146,8 +145,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     cases = case_dirs()
     id_levels = torch.load(WORK / "brats_levels.pt", weights_only=True)
-    full = preprocessing(skull_strip=False)
-    rest = type(full)([t for t in full.transforms if not isinstance(t, LoadModalitiesd)])
+    rest = checked_input(load=False)
     loader = LoadModalitiesd("image")
     flows = [load_flow(WORK / f"fold{k}" / "flow.pt") for k in range(len(folds()))]
     baselines = []

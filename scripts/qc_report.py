@@ -20,10 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from monai_iunet.apps.brats.modality import check_modalities, load_modality_check
-from monai_iunet.apps.brats.qc import ScanQC, robust_threshold
-from monai_iunet.apps.brats.transforms import LoadModalitiesd
+from monai_iunet.apps.brats.qc import ScanQC, checked_input, robust_threshold
 from scripts.flow_qc_report import foreign_inputs
-from scripts.train_flow_qc import preprocessing
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
@@ -60,8 +58,7 @@ def main() -> None:
         m = modality["shifts"][shift]
         rows[shift] = {"n": m["n"], "flow": None, "histogram": None, "modality": m["flagged"] / m["n"],
                        "modality_n": m["n"]}
-    rest = type(preprocessing())([t for t in preprocessing(skull_strip=False).transforms
-                                  if not isinstance(t, LoadModalitiesd)])
+    rest = checked_input(load=False)
     for shift, images in foreign_inputs().items():
         flow, modalities = [], []
         for image in images:

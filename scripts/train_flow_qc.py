@@ -28,8 +28,15 @@ from tqdm import tqdm
 
 from monai_iunet.apps.brats.data.location import real_data
 from monai_iunet.apps.brats.labels import MODALITIES
-from monai_iunet.apps.brats.qc import QC_SHAPE, bits_per_dim, load_qc_flow, qc_levels, robust_threshold, save_qc_flow
-from monai_iunet.bundle import bundle_parser
+from monai_iunet.apps.brats.qc import (
+    QC_SHAPE,
+    bits_per_dim,
+    checked_input,
+    load_qc_flow,
+    qc_levels,
+    robust_threshold,
+    save_qc_flow,
+)
 from monai_iunet.handlers import save_atomically
 from monai_iunet.networks import IUNetFlow
 
@@ -55,19 +62,6 @@ def case_dirs() -> dict[str, Path]:
     return {p.name: p for p in sorted(dirs)}
 
 
-def preprocessing(**overrides):
-    """The bundle's inference pre-processing (inference.json), without its QC steps (what they see)."""
-    from monai.transforms import Compose
-
-    from monai_iunet.apps.brats.modality import ModalityCheckd
-    from monai_iunet.apps.brats.qc import ScanQCd
-
-    parser = bundle_parser(str(BUNDLE / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')", "scan_qc": False, **overrides})
-    compose = parser.get_parsed_content("preprocessing")
-    return Compose([t for t in compose.transforms if not isinstance(t, (ScanQCd, ModalityCheckd))])
-
-
 def levels_of(item: dict, transform) -> torch.Tensor:
     """A datalist item → its QC levels (uint8, ``(4, *QC_SHAPE)``) after the bundle's pre-processing."""
     return qc_levels(transform(dict(item))["image"])
@@ -85,7 +79,7 @@ def prepare() -> None:
         random.Random(RECIPE["seed"]).shuffle(names)
         FOLDS_FILE.write_text(json.dumps({"seed": RECIPE["seed"], "folds": [sorted(names[k::NUM_FOLDS])
                                                                               for k in range(NUM_FOLDS)]}, indent=1))
-    transform = preprocessing()
+    transform = checked_input()
     volumes = {}
     for name, folder in tqdm(cases.items(), desc="pre-processing", unit="case"):
         item = {"case": name, "image": [str(next(folder.glob(f"*_{m}.nii.gz"))) for m in MODALITIES]}

@@ -35,9 +35,9 @@ from monai_iunet.apps.brats.modality import (
     modality_features,
     save_modality_check,
 )
+from monai_iunet.apps.brats.qc import checked_input
 from monai_iunet.apps.brats.transforms import LoadModalitiesd
 from scripts.flow_qc_report import shifted
-from scripts.train_flow_qc import preprocessing
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
@@ -51,7 +51,7 @@ ACQUISITION_SHIFTS = ("noise", "motion ghosting", "bias field", "thick slices") 
 def preprocessed_channels(data: Path) -> tuple[dict[str, list[np.ndarray]], dict[str, dict[str, list[np.ndarray]]]]:
     """Each case's four channels as the bundle's pre-processing leaves them before its QC, as given and with each
     acquisition shift (case → shift → channels)."""
-    preprocess = preprocessing()
+    preprocess = checked_input()
     rest = type(preprocess)([t for t in preprocess.transforms if not isinstance(t, LoadModalitiesd)])
     loader = next(t for t in preprocess.transforms if isinstance(t, LoadModalitiesd))
     rng = np.random.default_rng(0)

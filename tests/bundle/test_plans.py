@@ -17,7 +17,7 @@ from ..utils import BUNDLE, CT_BUNDLE
 
 BRATS_PLANS = {"patch_size": [48, 40, 32], "pixdim": [3.0, 2.5, 2.0], "num_members": 2, "mirror_axes": [1],
                "tta": True, "overlap": 0.3, "blend_mode": "constant", "et_min_volume_ml": 0.7,
-               "uncertainty": {"kind": "mirror_spread", "threshold": 0.5}}
+               "uncertainty": {"kind": "mirror_spread", "region": "ET", "threshold": 0.5}}
 SMALL_NETWORK = {"channels": 4, "num_levels": 2, "blocks_per_level": 1}
 
 
@@ -52,7 +52,8 @@ def test_brats_inference_takes_every_fact_from_the_plans(config):
     post = parser.get_parsed_content("postprocessing")
     assert _transform(post, SuppressSmallEnhancingd).min_volume_ml == 0.7
     uncertainty = _transform(post, CaseUncertaintyd)
-    assert (uncertainty.kind, uncertainty.threshold, uncertainty.passes) == ("mirror_spread", 0.5, 2)
+    assert (uncertainty.kind, uncertainty.region, uncertainty.threshold, uncertainty.passes) == ("mirror_spread", "ET",
+                                                                                                0.5, 2)
     parser["_meta_#plans#tta"] = False  # the plans' mirroring switch is the default; the config id overrides it
     assert parser.get_parsed_content("network_def").passes == [[]]
 

@@ -10,6 +10,7 @@ from monai.transforms import Compose
 
 from monai_iunet.apps.brats.data.synthetic import case_files, write_dataset
 from monai_iunet.apps.brats.labels import MODALITIES
+from monai_iunet.apps.brats.qc import checked_input
 from monai_iunet.bundle import bundle_parser
 
 from ..utils import BUNDLE, REAL_CASE
@@ -42,6 +43,9 @@ def test_training_and_inference_see_the_same_input(tmp_path):
     _assert_same_input(trained_on, inferred_on)
     # at the plans' 2 mm the 1.5 mm case shrinks by 3/4, then to the brain's box
     assert all(n <= round(s * 1.5 / 2) + 1 for n, s in zip(inferred_on["image"].shape[1:], (48, 40, 36)))
+    # what the scan QC and the modality check are trained on is what they see at inference
+    checked = checked_input(skull_strip="false")({"image": item["image"]})["image"]
+    assert torch.equal(checked.as_tensor(), inferred_on["image"].as_tensor())
     # the network's input is a z-score over the brain of each channel
     brain = inferred_on["image"][0] != 0
     assert abs(float(inferred_on["image"][0][brain].mean())) < 1e-4

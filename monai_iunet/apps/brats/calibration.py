@@ -154,8 +154,9 @@ def calibrate(cases: dict[str, dict]) -> dict:
     if not kinds:
         raise ValueError("the out-of-fold runs measured no uncertainty score (inference.json's uncertainty off?).")
     chosen = max(kinds, key=lambda k: (kinds[k]["failures_flagged"], -kinds[k]["false_alarms"]))
+    (region,) = {e["uncertainty"].get("region") for e in cases.values()}  # the region inference scored over
     return {"et_threshold": choose_et_threshold(cases), "uncertainty": kinds,
-            "chosen_uncertainty": {"kind": chosen, "threshold": kinds[chosen]["threshold"]}}
+            "chosen_uncertainty": {"kind": chosen, "region": region, "threshold": kinds[chosen]["threshold"]}}
 
 
 def write_plans(metadata_path: str | Path, calibration: dict, tta: bool) -> dict:

@@ -22,7 +22,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from .cases import CaseKeys
-from .labels import EDEMA, NECROTIC_CORE, region_labels, release_of
+from .labels import EDEMA, NECROTIC_CORE, REGIONS, region_labels, release_of
 
 __all__ = ["voxel_volume_ml", "tumour_volumes", "uncertainty_score", "SuppressSmallEnhancingd", "TumourVolumesd",
            "CaseUncertaintyd"]
@@ -105,8 +105,8 @@ class CaseUncertaintyd(MapTransform):
     ``output_key``: ``{"score", "kind", "threshold", "flagged", "passes", "entropy_score", "mirror_score",
     "member_score"}``. Runs on the network's grid, after the activation (``keys``: the mean probabilities) and before
     the prediction is inverted. Each map gives one ``uncertainty_score`` (its sum over the predicted tumour's
-    probability); ``score`` is the ``kind`` one, the one whose threshold was calibrated out-of-fold (the others are
-    reported, not used):
+    probability, over the ``region``'s channel or all channels); ``score`` is the ``kind`` one, the one whose
+    threshold was calibrated out-of-fold (the others are reported, not used):
 
     - ``"entropy"``: each member's own entropy of its probabilities. One pass per member suffices (mirroring off).
     - ``"mirror_spread"``: the disagreement of each member's mirrored passes; needs mirroring (``passes`` > 1).
@@ -119,6 +119,7 @@ class CaseUncertaintyd(MapTransform):
         threshold: a score above it flags the case as a likely failure (calibrated out-of-fold for ``kind``).
         passes: mirrored passes per member (``len(MirrorEnsemble.passes)``).
         kind: ``"entropy"`` or ``"mirror_spread"``.
+        region: the region channel (``labels.REGIONS``: TC, WT, ET) the scores are taken over; None: all three.
         maps: the keys of the voxel maps (``kind``'s among them); they are removed from the data afterwards (they
             are not outputs).
     """
@@ -126,14 +127,17 @@ class CaseUncertaintyd(MapTransform):
     KINDS = ("entropy", "mirror_spread")
 
     def __init__(self, keys: KeysCollection, threshold: float, passes: int, kind: str = "entropy",
-                 maps: tuple[str, ...] = ("entropy", "mirror_spread", "member_spread"),
+                 region: str | None = None, maps: tuple[str, ...] = ("entropy", "mirror_spread", "member_spread"),
                  output_key: str = CaseKeys.UNCERTAINTY, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         if kind not in self.KINDS:
             raise ValueError(f"kind must be one of {self.KINDS}, got {kind!r}.")
         self.threshold = float(threshold)
         self.passes = int(passes)
-        self.kind = kind
+        if region is not None and region not in REGIONS:
+            raise ValueError(f"region must be one of {REGIONS} or None, got {region!r}.")
+        self.kind, self.region = kind, region
+        self.channels = slice(None) if region is None else slice(REGIONS.index(region), REGIONS.index(region) + 1)
         self.maps = tuple(maps)
         self.output_key = output_key
 
@@ -143,9 +147,10 @@ class CaseUncertaintyd(MapTransform):
         if self.passes <= 1:  # one pass per member: its mirror "spread" is zero, not a measurement
             maps.pop("mirror_spread", None)
         for key in self.key_iterator(d):
-            scores = {f"{name.split('_')[0]}_score": round(uncertainty_score(d[key], value), 5)
+            scores = {f"{name.split('_')[0]}_score":
+                      round(uncertainty_score(d[key][self.channels], value[self.channels]), 5)
                       for name, value in maps.items()}
-            entry = {"score": scores.get(f"{self.kind.split('_')[0]}_score"), "kind": self.kind,
+            entry = {"score": scores.get(f"{self.kind.split('_')[0]}_score"), "kind": self.kind, "region": self.region,
                      "threshold": self.threshold, "passes": self.passes, **scores}
             entry["flagged"] = entry["score"] is not None and entry["score"] > self.threshold
             if entry["score"] is None:

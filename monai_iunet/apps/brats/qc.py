@@ -32,7 +32,7 @@ from ...networks.flow import IUNetFlow
 from .cases import CaseKeys
 
 __all__ = ["QC_SPACING", "QC_SHAPE", "INTENSITY_RANGE", "LEVELS", "qc_volume", "qc_levels", "quantise", "dequantise",
-           "bits_per_dim", "save_qc_flow", "load_qc_flow", "ScanQC", "ScanQCd", "robust_threshold"]
+           "bits_per_dim", "save_qc_flow", "load_qc_flow", "ScanQC", "ScanQCd", "robust_threshold", "checked_input"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,22 @@ QC_SPACING = 4.0  # mm
 QC_SHAPE = (48, 48, 40)  # voxels at QC_SPACING: 192 × 192 × 160 mm, a whole brain with margin
 INTENSITY_RANGE = (-4.0, 4.0)  # normalised units (brain SDs)
 LEVELS = 256
+
+
+def checked_input(bundle: str | Path | None = None, load: bool = True, **overrides):
+    """What the scan QC and the modality check see, and are trained and calibrated on: the bundle's
+    ``inference.json`` pre-processing before its checks — its ``loading`` (with ``load``; without it the transform
+    takes an already loaded image) and its ``network_input`` — as one ``Compose``; ``overrides`` set config ids
+    (e.g. ``skull_strip``). ``bundle``: the shipped BraTS bundle unless given."""
+    from monai.transforms import Compose
+
+    from ...bundle import bundle_parser, bundle_path
+
+    bundle = Path(bundle) if bundle else bundle_path()
+    parser = bundle_parser(bundle / "configs" / "inference.json")
+    parser.update({"bundle_root": str(bundle), "device": "$torch.device('cpu')", **overrides})
+    return Compose([t for key in (["loading"] if load else []) + ["network_input"]
+                    for t in parser.get_parsed_content(key)])
 
 
 def qc_volume(image: Tensor, spacing: Sequence[float], qc_spacing: float = QC_SPACING,

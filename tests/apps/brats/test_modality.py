@@ -20,7 +20,7 @@ from monai_iunet.apps.brats.modality import (
     modality_features,
     save_modality_check,
 )
-from scripts.train_flow_qc import preprocessing
+from monai_iunet.apps.brats.qc import checked_input
 
 ROOT = Path(__file__).resolve().parents[3]
 BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
@@ -33,7 +33,7 @@ def real_channels() -> list[np.ndarray]:
     """A real case through the bundle's own pre-processing up to its QC (2 mm, RAS, brain box, normalised)."""
     if not CASE.is_dir():
         pytest.skip("../shared/data not present")
-    data = preprocessing(skull_strip="false")(
+    data = checked_input(skull_strip="false")(
         {"image": [str(CASE / f"{CASE.name}_{m}.nii.gz") for m in MODALITIES], "case": CASE.name})
     return [np.asarray(c) for c in data["image"]]
 

@@ -79,6 +79,13 @@ def test_uncertainty_score_and_flag():
     assert missing["score"] is None and not missing["flagged"] and "no uncertainty maps" in missing["why"]
     with pytest.raises(ValueError, match="kind"):
         CaseUncertaintyd("pred", threshold=0.04, passes=8, kind="variance")
+    # over one region's channel: the WT channel (index 1) holds the mirror spread, channel 0 the entropy
+    wt = CaseUncertaintyd("pred", threshold=0.1, passes=8, region="WT")(data)["uncertainty"]
+    assert wt["region"] == "WT" and wt["score"] == 0 and wt["mirror_score"] == pytest.approx(8 / 64, abs=1e-5)
+    tc = CaseUncertaintyd("pred", threshold=0.1, passes=8, region="TC")(data)["uncertainty"]
+    assert tc["score"] == pytest.approx(12 / 64, abs=1e-5) and tc["flagged"]
+    with pytest.raises(ValueError, match="region"):
+        CaseUncertaintyd("pred", threshold=0.04, passes=8, region="NCR")
 
 
 def test_overview_png(tmp_path):

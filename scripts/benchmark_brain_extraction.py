@@ -24,8 +24,8 @@ from monai_iunet.apps.brats.data.location import real_data
 from monai_iunet.apps.brats.overview import draw_planes, ras_volume
 from monai_iunet.dicom.geometry import volume_to_metatensor
 from monai_iunet.dicom.series import index_dicom_files, read_series_volume
+from scripts import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SERIES = ("ge_signa_3d_ax_t1_mprage_oblique", "enhanced_siemens_xa30_t1w_tfl", "siemens_prisma_t1_fl2d_sag_HFS")
 
 

@@ -20,10 +20,8 @@ import nibabel as nib
 import numpy as np
 
 from monai_iunet.bundle import bundle_parser
+from scripts import BUNDLE, ROOT
 from scripts.benchmarking import run_inference_case
-
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
 
 
 def seeded_weights(path: Path) -> None:

@@ -35,10 +35,8 @@ from pathlib import Path
 import torch
 
 from monai_iunet.apps.brats.data.location import real_data
+from scripts import BUNDLE, DOCS, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
-DOCS = ROOT / "docs" / "benchmarks"
 DATA = real_data()
 SPLIT = ROOT / "configs" / "splits" / "brats_real_folds.json"
 

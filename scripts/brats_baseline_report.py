@@ -15,30 +15,18 @@ scores (``docs/benchmarks/brats_real.json``) on the same cases. Writes ``docs/be
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from monai.data import load_decathlon_datalist
 
-from monai_iunet.apps.brats.data.location import real_data
+from monai_iunet.apps.brats.calibration import out_of_fold
 from monai_iunet.apps.brats.labels import REGIONS
 from monai_iunet.apps.brats.metrics import summarise
-from scripts.brats_cv_report import (
-    BUNDLE,
-    DOCS,
-    ROOT,
-    final_weights,
-    folds,
-    infer_fold,
-    load_maps,
-    score,
-    stages,
-    training_log,
-)
+from scripts import BUNDLE, DOCS, ROOT
+from scripts.brats_cv_report import arguments, final_weights, folds, stages, training_log
 
 SEGRESNET = ROOT / "configs" / "bundles" / "brats_segresnet.json"
 ORDER = ("WT", "TC", "ET")  # the order the tables print
@@ -102,12 +90,7 @@ def write_markdown(results: dict, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "brats_cv" / "segresnet")
-    parser.add_argument("--data", type=Path, default=real_data())
-    parser.add_argument("--jobs", type=int, default=2, help="folds inferred at once (one thread each)")
-    parser.add_argument("--reuse", action="store_true", help="score the out-of-fold outputs already written")
-    args = parser.parse_args()
+    args = arguments(__doc__, "segresnet").parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     runs, data = folds(args.runs.resolve()), args.data.resolve()
     iunet = json.loads((DOCS / "brats_real.json").read_text())
@@ -121,15 +104,10 @@ def main() -> None:
         trained[run.name] = {"steps": trainer["iteration"], "training_time_s": log["training_time_s"],
                              "stages": stages(run)}
     member = {"network_def#network": f"%{SEGRESNET}#network_def"}  # the ensemble's member, as train.json's network
-    if args.reuse:
-        reports = [json.loads((run / "oof" / "tta_on" / "inference_report.json").read_text()) for run in runs]
-    else:
-        with ThreadPoolExecutor(args.jobs) as pool:
-            reports = list(pool.map(lambda run: infer_fold(run, data, final_weights(run)[0], "tta_on", **member),
-                                    runs))
-    entries = {case: entry for report in reports for case, entry in report["cases"].items()}
-    maps = load_maps({c: Path(e["outputs"]["nifti"]["path"]) for c, e in entries.items()}, labels)
-    segresnet_cases = score(maps)
+    oof = out_of_fold(data, args.runs / "oof" / "tta_on", tta=True, jobs=args.jobs, reuse=args.reuse,
+                      members={int(run.name[4:]): final_weights(run)[0] for run in runs},
+                      folds=[int(run.name[4:]) for run in runs], **member)
+    segresnet_cases = {case: entry["scores"] for case, entry in oof.items()}
     iunet_cases = {c: iunet["final"]["cases"][c] for c in segresnet_cases}
 
     def per_fold(cases: dict) -> dict:
@@ -148,7 +126,7 @@ def main() -> None:
             "SegResNet (zoo BraTS)": {
                 "parameters": network_parameters(SEGRESNET), "folds": trained, "concurrent_runs": len(runs),
                 "cases": segresnet_cases, "summary": summarise(segresnet_cases), "per_fold": per_fold(segresnet_cases),
-                "seconds_median": float(np.median([e["seconds"] for e in entries.values()]))},
+                "seconds_median": float(np.median([e["seconds"] for e in oof.values()]))},
         },
         "paired": {r: paired(iunet_cases, segresnet_cases, r) for r in REGIONS},
     }

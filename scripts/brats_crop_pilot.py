@@ -21,13 +21,14 @@ import os
 from pathlib import Path
 
 import numpy as np
-from monai.data import load_decathlon_datalist
 
+from monai_iunet.apps.brats.calibration import out_of_fold
 from monai_iunet.apps.brats.data.location import real_data
 from monai_iunet.apps.brats.labels import REGIONS
 from monai_iunet.apps.brats.metrics import summarise
+from scripts import DOCS, ROOT
 from scripts.brats_baseline_report import ORDER, paired
-from scripts.brats_cv_report import DOCS, ROOT, final_weights, folds, infer_fold, load_maps, score, training_log
+from scripts.brats_cv_report import final_weights, folds, training_log
 
 CORES = 2
 
@@ -46,11 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = {}
     for run in folds(args.runs.resolve()):
         weights, trainer = final_weights(run)
-        cases = load_decathlon_datalist(str(run / "datalist.json"), data_list_key="testing", base_dir=str(args.data))
-        labels = {c["case"]: c["label"] for c in cases}
-        report = infer_fold(run, args.data.resolve(), weights, "tta_on", roi_size=[args.window] * 3)
-        maps = load_maps({c: Path(e["outputs"]["nifti"]["path"]) for c, e in report["cases"].items()}, labels)
-        pilot = score(maps)
+        k = int(run.name[4:])
+        oof = out_of_fold(args.data.resolve(), run / "oof" / "tta_on", tta=True, members={k: weights}, folds=[k],
+                          jobs=1, roi_size=[args.window] * 3)
+        pilot = {case: entry["scores"] for case, entry in oof.items()}
         member = {c: shipped["final"]["cases"][c] for c in pilot}
         log = training_log(run, trainer["epoch_length"])
         fold = shipped["folds"][run.name]
@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> None:
                       "cpu_s_estimate": round(args.cpu_s or log["training_time_s"] * min(1.0, CORES / args.concurrent)),
                       "cpu_s_measured": args.cpu_s is not None,
                       "summary": summarise(pilot), "cases": pilot,
-                      "seconds_median": float(np.median([e["seconds"] for e in report["cases"].values()])),
-                      "uncertainty": {c: e.get("uncertainty", {}).get("score") for c, e in report["cases"].items()}},
+                      "seconds_median": float(np.median([e["seconds"] for e in oof.values()])),
+                      "uncertainty": {c: e["uncertainty"].get("score") for c, e in oof.items()}},
             "shipped_member": {"steps": fold["steps"], "wall_s": fold["training_time_s"],
                                "cpu_s_estimate": round(fold["training_time_s"] * CORES / 5),  # five at once
                                "summary": summarise(member), "cases": member},

@@ -33,9 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = ROOT / "bundles" / "ct_iunet_postprocessing"
-DOCS = ROOT / "docs" / "benchmarks"
+from scripts import CT_BUNDLE, DOCS, ROOT
+
 LAYER_NORM = ["group", {"num_groups": 1}]
 NOTES = "## What it shows"
 
@@ -85,10 +84,10 @@ def train_and_evaluate(name: str, data: Path, out: Path, epochs: int, previous: 
     common = dict(dataset_dir=data, bundle_root=folder, ckpt_dir=folder / "models", output_dir=folder / "eval")
     start = time.time()
     if not (folder / "models" / "model.pt").is_file():
-        run_bundle(BUNDLE, [BUNDLE / "configs" / "train.json", model_config], folder / "train.log", epochs=epochs,
+        run_bundle(CT_BUNDLE, [CT_BUNDLE / "configs" / "train.json", model_config], folder / "train.log", epochs=epochs,
                    val_interval=max(1, epochs // 4), roi_size=[size] * 3, **common)
     train_seconds = time.time() - start if previous is None else previous["train_seconds"]  # trained before
-    run_bundle(BUNDLE, [BUNDLE / "configs" / "train.json", BUNDLE / "configs" / "evaluate.json", model_config],
+    run_bundle(CT_BUNDLE, [CT_BUNDLE / "configs" / "train.json", CT_BUNDLE / "configs" / "evaluate.json", model_config],
                folder / "evaluate.log", roi_size=[size] * 3, **common)
     metrics = {m: raw_metric(folder / "eval", m) for m in ("val_psnr", "val_ssim", "fbp_psnr", "fbp_ssim")}
     return {"name": name, "label": label, "blowup": blowup, "network_def": network_def,
@@ -232,7 +231,7 @@ def main() -> None:
         notes = NOTES + notes
     (DOCS / "ct.md").write_text(report(results, args, settings, prediction) + notes)
     if args.ship:
-        shutil.copy(args.output / "iunet8" / "models" / "model.pt", BUNDLE / "models" / "model.pt")
+        shutil.copy(args.output / "iunet8" / "models" / "model.pt", CT_BUNDLE / "models" / "model.pt")
     print((DOCS / "ct.md").read_text())
 
 

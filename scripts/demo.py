@@ -39,9 +39,8 @@ from monai_iunet.apps.brats.labels import MODALITIES, region_labels  # noqa: E40
 from monai_iunet.apps.brats.metrics import score_case  # noqa: E402
 from monai_iunet.apps.brats.overview import CONTOURS, draw_planes, ras_volume  # noqa: E402
 from monai_iunet.bundle import run_bundle  # noqa: E402
+from scripts import BUNDLE, ROOT  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
 PRESET = ROOT / "configs" / "bundles" / "cpu_demo.json"
 PLANS = ROOT / "configs" / "bundles" / "cpu_demo_plans.json"
 META = repr([str(BUNDLE / "configs" / "metadata.json"), str(PLANS)])  # the demo model's facts over the bundle's

@@ -19,7 +19,8 @@ import numpy as np
 
 from monai_iunet.apps.ct.simulation import write_ct_dataset
 from monai_iunet.bundle import run_bundle
-from scripts.ct_experiment import BUNDLE, predict, slices_png
+from scripts import CT_BUNDLE
+from scripts.ct_experiment import predict, slices_png
 
 
 def main() -> None:
@@ -35,20 +36,20 @@ def main() -> None:
     common = dict(dataset_dir=data, bundle_root=out, ckpt_dir=out / "models", output_dir=out / "eval",
                   num_workers=0)
     print(f"2/4 training the bundle's iUNet for {args.epochs} epochs (CPU, memory-efficient)", flush=True)
-    run_bundle(BUNDLE, ["configs/train.json"], epochs=args.epochs, val_interval=max(1, args.epochs // 2), **common)
+    run_bundle(CT_BUNDLE, ["configs/train.json"], epochs=args.epochs, val_interval=max(1, args.epochs // 2), **common)
     print("3/4 evaluating on the held-out volumes", flush=True)
-    run_bundle(BUNDLE, ["configs/train.json", "configs/evaluate.json"], **common)
+    run_bundle(CT_BUNDLE, ["configs/train.json", "configs/evaluate.json"], **common)
     with open(out / "eval" / "metrics.csv") as f:
         metrics = {row[0]: float(row[1]) for row in csv.reader(f) if len(row) == 2}
     print("4/4 slices", flush=True)
     case = json.loads((data / "datalist.json").read_text())["testing"][0]
     image = np.asarray(nib.load(data / case["image"]).dataobj, np.float32)
     truth = np.asarray(nib.load(data / case["label"]).dataobj, np.float32)
-    network_def = str(BUNDLE / "configs" / "train.json")  # its network_def, parsed as monai.bundle run parses it
+    network_def = str(CT_BUNDLE / "configs" / "train.json")  # its network_def, parsed as monai.bundle run parses it
     panels = [("FBP", image), (f"demo iUNet ({args.epochs} epochs)", predict(network_def, out / "models" / "model.pt",
                                                                            image))]
-    if (BUNDLE / "models" / "model.pt").is_file():
-        panels.append(("shipped iUNet", predict(network_def, BUNDLE / "models" / "model.pt", image)))
+    if (CT_BUNDLE / "models" / "model.pt").is_file():
+        panels.append(("shipped iUNet", predict(network_def, CT_BUNDLE / "models" / "model.pt", image)))
     png = out / "slices.png"
     slices_png(truth, panels, png)
     print(f"\nDone in {(time.time() - start) / 60:.1f} min. Test volumes (mean): "

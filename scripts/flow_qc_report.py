@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,6 +28,7 @@ from monai_iunet.apps.brats.qc import INTENSITY_RANGE, LEVELS, checked_input, qu
 from monai_iunet.apps.brats.transforms import LoadModalitiesd
 from monai_iunet.dicom.geometry import volume_to_metatensor
 from monai_iunet.dicom.series import index_dicom_files, read_series_volume
+from scripts import DOCS
 from scripts.train_flow_qc import (
     DATA,
     SHIPPED,
@@ -40,9 +40,6 @@ from scripts.train_flow_qc import (
     score,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-
-OUT = ROOT / "docs" / "benchmarks"
 BINS = 64
 
 
@@ -189,7 +186,7 @@ def main() -> None:
                 "more_likely_than_id_median": float(np.mean(np.asarray(flow_scores) < np.median(id_flow))),
             })
         results["shifts"][shift] = entry
-    (OUT / "flow_qc.json").write_text(json.dumps(results, indent=1))
+    (DOCS / "flow_qc.json").write_text(json.dumps(results, indent=1))
     figure(rows, threshold)
     samples_figure()
     write_markdown(results)
@@ -216,7 +213,7 @@ def figure(rows: dict, threshold: float) -> None:
         ax.set_yticks(range(len(names)), names, fontsize=8)
     fig.suptitle("Scan QC: in-distribution (green, cross-validated) vs shifted/foreign inputs (red)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(OUT / "flow_qc.png", dpi=100)
+    fig.savefig(DOCS / "flow_qc.png", dpi=100)
     plt.close(fig)
 
 
@@ -244,7 +241,7 @@ def samples_figure() -> None:
             ax.set_title(f"{title}: {modality}" if col == 0 else modality, fontsize=8)
             ax.axis("off")
     fig.tight_layout()
-    fig.savefig(OUT / "flow_qc_samples.png", dpi=90)
+    fig.savefig(DOCS / "flow_qc_samples.png", dpi=90)
     plt.close(fig)
 
 
@@ -286,7 +283,7 @@ def write_markdown(results: dict) -> None:
               "shifted scan had been skull-stripped the same way.", "",
               "![scores](flow_qc.png)", "", "Samples of the shipped flow (temperature 0.7, axial mid-slice at 4 mm) "
               "next to a real case:", "", "![samples](flow_qc_samples.png)", ""]
-    (OUT / "flow_qc.md").write_text("\n".join(lines))
+    (DOCS / "flow_qc.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -27,9 +27,7 @@ import torch
 
 from monai_iunet.apps.brats.labels import MODALITIES
 from monai_iunet.bundle import bundle_parser
-
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
+from scripts import BUNDLE
 
 
 @contextmanager

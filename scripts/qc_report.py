@@ -21,11 +21,9 @@ import numpy as np
 
 from monai_iunet.apps.brats.modality import check_modalities, load_modality_check
 from monai_iunet.apps.brats.qc import ScanQC, checked_input, robust_threshold
+from scripts import BUNDLE, DOCS
 from scripts.flow_qc_report import foreign_inputs
 
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
-DOCS = ROOT / "docs" / "benchmarks"
 ID = "in distribution (held-out real BraTS)"
 # the flow report's shifts and what the modality check's report calls them
 MODALITY_SHIFTS = {"wrong order": "every wrong order", "T1 in every slot": "T1 in every slot",

@@ -39,12 +39,10 @@ from monai_iunet.apps.brats.qc import (
 )
 from monai_iunet.handlers import save_atomically
 from monai_iunet.networks import IUNetFlow
-
-ROOT = Path(__file__).resolve().parents[1]
+from scripts import BUNDLE, ROOT
 
 DATA = real_data()
 WORK = ROOT / "runs" / "flow_qc"
-BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
 SHIPPED = BUNDLE / "models" / "qc_flow.pt"
 FOLDS_FILE = ROOT / "configs" / "splits" / "flow_qc_folds.json"
 NUM_FOLDS = 3

@@ -37,11 +37,9 @@ from monai_iunet.apps.brats.modality import (
 )
 from monai_iunet.apps.brats.qc import checked_input
 from monai_iunet.apps.brats.transforms import LoadModalitiesd
+from scripts import BUNDLE, DOCS, ROOT
 from scripts.flow_qc_report import shifted
 
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
-DOCS = ROOT / "docs" / "benchmarks"
 L2 = 1e-2
 RULE = {"llr_threshold": 1.0, "duplicate_correlation": 0.99}  # the decision rule, fixed before scoring
 ISSUE_ORDER = ("flair", "t2", "t1", "t1ce")  # what sits in the t1, t1ce, t2, flair slots

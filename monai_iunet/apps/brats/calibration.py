@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import shutil
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -52,11 +53,12 @@ SPLIT = Path(__file__).resolve().parents[3] / "configs" / "splits" / "brats_real
 
 
 def out_of_fold(data: str | Path, output: str | Path, split: str | Path = SPLIT, tta: bool = False,
-                bundle: str | Path | None = None, members: list[str | Path] | None = None, jobs: int = 2,
-                reuse: bool = False, **overrides) -> dict[str, dict]:
-    """Segment and score every case of the split with the member that did not train on it (``members[k]``: a
-    checkpoint of fold ``k``'s model; default: member ``k`` of the bundle's ``models/model.pt``), small-ET rule off,
-    mirroring ``tta``; ``overrides``: further config ids. One fresh ``monai.bundle run`` of ``inference.json`` +
+                bundle: str | Path | None = None, members: Mapping[int, str | Path] | None = None,
+                folds: Sequence[int] | None = None, jobs: int = 2, reuse: bool = False, **overrides) -> dict[str, dict]:
+    """Segment and score every case of the split's ``folds`` (default: all) with the member that did not train on it
+    (``members[k]``: a checkpoint of fold ``k``'s model; default: member ``k`` of the bundle's ``models/model.pt``),
+    small-ET rule off, mirroring ``tta``; ``overrides``: further config ids. One fresh ``monai.bundle run`` of
+    ``inference.json`` +
     ``evaluate.json`` per fold (``jobs`` at once, one thread each), outputs under ``output/fold<k>`` (``reuse``: a
     fold already scored there is read, not run again).
 
@@ -64,7 +66,7 @@ def out_of_fold(data: str | Path, output: str | Path, split: str | Path = SPLIT,
     "label"}}``."""
     bundle = Path(bundle) if bundle else bundle_path()
     output = Path(output).resolve()
-    n_folds = len(json.loads(Path(split).read_text())["folds"])
+    folds = list(range(len(json.loads(Path(split).read_text())["folds"])) if folds is None else folds)
 
     def fold(k: int) -> dict[str, dict]:
         out = output / f"fold{k}"
@@ -89,7 +91,7 @@ def out_of_fold(data: str | Path, output: str | Path, split: str | Path = SPLIT,
                                "label": str(Path(data).resolve() / item["label"])} for item in datalist["testing"]}
 
     with ThreadPoolExecutor(jobs) as pool:
-        results = list(pool.map(fold, range(n_folds)))
+        results = list(pool.map(fold, folds))
     return {case: entry for result in results for case, entry in result.items()}
 
 

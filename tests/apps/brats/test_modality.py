@@ -4,8 +4,6 @@ check's own errors and switches."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -22,19 +20,18 @@ from monai_iunet.apps.brats.modality import (
 )
 from monai_iunet.apps.brats.qc import checked_input
 
-ROOT = Path(__file__).resolve().parents[3]
-BUNDLE = ROOT / "bundles" / "brats_iunet_segmentation"
+from ...utils import BUNDLE, REAL_CASE
+
 WEIGHTS = BUNDLE / "models" / "modality_check.pt"
-CASE = real_data() / "brats" / "Brats18_2013_2_1"
 
 
 @pytest.fixture(scope="module")
 def real_channels() -> list[np.ndarray]:
     """A real case through the bundle's own pre-processing up to its QC (2 mm, RAS, brain box, normalised)."""
-    if not CASE.is_dir():
+    if not REAL_CASE.is_dir():
         pytest.skip("../shared/data not present")
     data = checked_input(skull_strip="false")(
-        {"image": [str(CASE / f"{CASE.name}_{m}.nii.gz") for m in MODALITIES], "case": CASE.name})
+        {"image": [str(REAL_CASE / f"{REAL_CASE.name}_{m}.nii.gz") for m in MODALITIES], "case": REAL_CASE.name})
     return [np.asarray(c) for c in data["image"]]
 
 

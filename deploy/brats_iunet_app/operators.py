@@ -99,7 +99,7 @@ class BratsSeriesSelectorOperator(Operator):
 
 class BratsSegmentationOperator(Operator):
     """Segment the selected study with the bundle's ``inference.json`` (``monai_iunet.apps.brats.segment``):
-    co-registration onto the T1ce grid, brain extraction unless skull-stripped, scan QC, the ensemble with mirroring,
+    co-registration onto the T1ce grid, brain extraction unless skull-stripped, scan QC, the ensemble,
     volumes and uncertainty, the NIfTI label map and the DICOM SEG of the T1ce series, the report.
 
     The bundle writes into a staging folder under the work directory; the report is always published, the case's

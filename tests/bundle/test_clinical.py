@@ -168,10 +168,14 @@ def test_segment_command_on_a_pacs_study(trained, pacs_study, tmp_path):
     report = json.loads((tmp_path / "out" / "inference_report.json").read_text())
     assert report["summary"] == {"ok": ["A"], "partial": [], "failed": []}
     assert (tmp_path / "out" / "A_overview.png").read_bytes()[:4] == b"\x89PNG"
-    assert report["cases"]["A"]["uncertainty"]["passes"] == 8 and report["cases"]["A"]["volumes_ml"]["WT"] >= 0
-    # without mirroring: one pass, no uncertainty score, said in words
-    output = check(segment(pacs_study.parent, tmp_path / "no_tta", "--no-tta"))
-    assert "uncertainty: not measured: mirroring (tta) is off" in output, output[-2000:]
+    # the shipped default: one pass per member, and an uncertainty score that needs no more
+    uncertainty = report["cases"]["A"]["uncertainty"]
+    assert uncertainty["passes"] == 1 and uncertainty["kind"] == "entropy" and uncertainty["score"] is not None
+    assert report["cases"]["A"]["volumes_ml"]["WT"] >= 0 and "not measured" not in output
+    # with mirroring: 8 passes, and their spread reported beside the score
+    output = check(segment(pacs_study.parent, tmp_path / "tta", "--tta"))
+    mirrored = json.loads((tmp_path / "tta" / "inference_report.json").read_text())["cases"]["A"]["uncertainty"]
+    assert mirrored["passes"] == 8 and mirrored["mirror_score"] >= 0 and "uncertainty: " in output
     assert report["cases"]["A"]["inputs"]["t2"]["resampled"] is True
     assert_dicom_valid(tmp_path / "out" / "A_seg.dcm")
     # a study without a FLAIR: the command fails, saying which series it saw

@@ -15,7 +15,8 @@ import monai_iunet
 
 PACKAGE = Path(monai_iunet.__file__).resolve().parent
 ROOT = PACKAGE.parent
-LIBRARY = {"layers", "engine", "networks", "handlers", "dicom", "data", "planner", "export", "bundle", "node"}
+LIBRARY = {"layers", "engine", "networks", "handlers", "dicom", "data", "planner", "measure", "export", "bundle",
+           "node"}
 # what each part may import from the package (besides itself)
 ALLOWED = {
     "layers": set(),
@@ -26,6 +27,7 @@ ALLOWED = {
     "node": set(),  # the AI node on Orthanc: an application gives it its processor
     "data": set(),
     "planner": {"layers", "engine", "networks", "bundle"},  # bundle: network_def, parsed as a bundle run does
+    "measure": {"layers", "engine", "networks", "bundle"},  # what the planner is checked against
     "export": {"layers", "engine", "networks", "bundle"},
     "bundle": {"layers", "engine", "networks"},
     "": {"layers", "engine", "networks"},  # monai_iunet/__init__.py

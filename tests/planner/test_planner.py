@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
+from monai_iunet.measure import run_case
 from monai_iunet.planner import MemoryPlanner, largest_width, main
-from scripts.benchmarking import run_case
 
 TINY = dict(spatial_dims=3, in_channels=4, out_channels=3, channels=8, num_levels=3, blocks_per_level=1)
 MIB = 2**20
@@ -35,7 +35,10 @@ def test_extrapolated_timeline_equals_a_direct_simulation(memory_efficient, shap
     ],
 )
 def test_cpu_prediction_within_15_percent_of_measured_peak(case):
-    measured = run_case({**case, "steps": 2}, timed=False)
+    network_def = {"_target_": "monai_iunet.networks.IUNet", "spatial_dims": 3, "in_channels": 4, "out_channels": 3,
+                   "channels": case["width"], "num_levels": case["levels"], "blocks_per_level": case["blocks"],
+                   "memory_efficient": case["network"] == "iunet"}
+    measured = run_case({"network_def": network_def, "size": case["size"], "steps": 2}, timed=False)
     assert "error" not in measured, measured
     planner = MemoryPlanner(spatial_dims=3, in_channels=4, out_channels=3, channels=case["width"],
                             num_levels=case["levels"], blocks_per_level=case["blocks"],

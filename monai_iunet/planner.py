@@ -13,7 +13,7 @@ What it adds for the device (``device_type``):
   PyTorch runs with its fallback kernel (it picks by a size rule), oneDNN's blocked-layout copies of input and
   output for the others, and the batch of two half-volumes for those that ``SameConv`` moves off the fallback —
   and ``CPU_RUNTIME_BYTES`` for what a process that has run a training step holds beyond tensors (oneDNN, OpenMP
-  and autograd-thread memory). Checked against peaks measured with ``scripts/benchmarking.py``
+  and autograd-thread memory). Checked against peaks measured with ``monai_iunet.measure``
   (``docs/benchmarks/cpu.md``): −2 … +4 % for every channels-last configuration there, −15 … −1 % for the
   channels-first ones (the worst at width 8, where copies of full-resolution halves are not all modelled);
 * ``"cuda"``: Adam's ``foreach`` temporaries are simulated as on CUDA; cuDNN's workspace and the allocator's

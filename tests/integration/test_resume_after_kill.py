@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from ..bundle.conftest import BUNDLE, TRAIN_TINY, check
+from ..utils import BUNDLE, TRAIN_TINY, check
 
 EPOCHS = 6
 

@@ -20,8 +20,7 @@ from monai_iunet import IUNet
 from monai_iunet.bundle import bundle_parser
 from monai_iunet.networks import load_weights
 
-from ..utils import assert_dicom_valid
-from .conftest import BUNDLE, CT_BUNDLE, SCHEMA, TINY, TRAIN_TINY, check, run_bundle, write_json
+from ..utils import BUNDLE, CT_BUNDLE, SCHEMA, TINY, TRAIN_TINY, assert_dicom_valid, check, run_bundle, write_json
 
 pytestmark = pytest.mark.slow  # trains and runs the BraTS bundle (make test-fast skips it)
 
